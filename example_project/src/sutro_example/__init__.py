@@ -1,0 +1,1 @@
+"""Example Dagster project for dagster-sutro."""

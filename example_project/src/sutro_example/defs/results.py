@@ -1,0 +1,42 @@
+"""The results asset, an asset that reads it, and a daily schedule."""
+
+import os
+
+import dagster as dg
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dagster_sutro import sutro_results
+from dagster_sutro.metadata import URI_KEY
+
+# The job the schedule fetches; the demo and `make ui` set it to the emulator's seeded job.
+DEMO_JOB_ID = os.environ.get("SUTRO_DEMO_JOB_ID", "job-demo-0001")
+
+
+@dg.asset(deps=[sutro_results], kinds={"parquet"})
+def sutro_output_stats(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Row count and output length statistics of the latest downloaded Sutro results."""
+    event = context.instance.get_latest_materialization_event(sutro_results.key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure("sutro_results has not been materialized yet; materialize it first.")
+    uri = event.asset_materialization.metadata[URI_KEY].value
+    table = pq.read_table(str(uri), columns=["outputs"])
+    lengths = pc.utf8_length(table["outputs"])
+    summary = {
+        "rows": table.num_rows,
+        "output_chars_min": pc.min(lengths).as_py() if table.num_rows else 0,
+        "output_chars_mean": round(pc.mean(lengths).as_py() or 0.0, 1),
+        "output_chars_max": pc.max(lengths).as_py() if table.num_rows else 0,
+    }
+    context.log.info(f"Output length statistics of {uri}: {summary}")
+    return dg.MaterializeResult(metadata={"dagster/row_count": table.num_rows, **summary})
+
+
+sutro_results_job = dg.define_asset_job("sutro_results_job", selection=[sutro_results])
+
+daily_sutro_results = dg.ScheduleDefinition(
+    name="daily_sutro_results",
+    job=sutro_results_job,
+    cron_schedule="0 6 * * *",
+    run_config=dg.RunConfig({sutro_results.node_def.name: {"job_id": DEMO_JOB_ID}}),
+)
