@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Union, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import dagster as dg
 import fsspec.core
@@ -28,16 +28,16 @@ if TYPE_CHECKING:
 OutputFormat = Literal["arrow", "pandas", "polars"]
 OUTPUT_FORMATS: tuple[str, ...] = ("arrow", "pandas", "polars")
 
-ResultsSource = Union[
-    str,
-    "os.PathLike[str]",
-    dg.AssetKey,
-    dg.AssetsDefinition,
-    dg.AssetSpec,
-    dg.AssetExecutionContext,
-    dg.OpExecutionContext,
-]
-CoercibleToAssetKey = Union[str, Sequence[str], dg.AssetKey, dg.AssetsDefinition, dg.AssetSpec]
+ResultsSource = (
+    str
+    | os.PathLike[str]
+    | dg.AssetKey
+    | dg.AssetsDefinition
+    | dg.AssetSpec
+    | dg.AssetExecutionContext
+    | dg.OpExecutionContext
+)
+CoercibleToAssetKey = str | Sequence[str] | dg.AssetKey | dg.AssetsDefinition | dg.AssetSpec
 
 
 @overload
@@ -97,12 +97,12 @@ def load_sutro_results(
 
     ``source`` is one of:
 
-    - a URI or local path, usually the ``dagster/uri`` metadata value of a materialization;
-    - an asset key, an asset definition or an asset spec, together with ``instance``; the file
-      of the asset's latest materialization is read;
-    - the execution context of a downstream asset or op; the file of the latest
-      materialization of ``asset`` is read, or of the asset's only upstream asset when
-      ``asset`` is omitted.
+    - A URI or local path, usually the ``dagster/uri`` metadata value of a materialization.
+    - An asset key, an asset definition or an asset spec, together with ``instance``. The
+      file of the asset's latest materialization is read.
+    - The execution context of a downstream asset or op. The file of the latest
+      materialization of ``asset`` is read. Without ``asset``, the current asset must have
+      exactly one upstream asset, and its file is read.
 
     The file is read with ``pyarrow.parquet.read_table`` through the fsspec filesystem of its
     URI, so only the pages of the requested columns are fetched, and row groups whose
@@ -396,7 +396,9 @@ class SutroResultsInputManager(dg.ConfigurableIOManager):
         metadata = dict(context.definition_metadata or {})
         as_ = metadata.get("as") or _format_for_type(context.dagster_type.typing_type)
         uri = latest_results_uri(context.instance, context.asset_key, partition_key=partition_key)
-        context.log.info(f"Loading Sutro results of {context.asset_key.to_user_string()} from {uri}.")
+        context.log.info(
+            f"Loading Sutro results of {context.asset_key.to_user_string()} from {uri}."
+        )
         table = read_results_table(
             uri,
             columns=metadata.get("columns"),

@@ -1,6 +1,6 @@
 """A sensor that requests runs of the config-driven results asset when an artifact changes.
 
-The sensor never downloads. Each tick it asks ``results-url`` for fresh presigned URLs and
+The sensor never downloads. Each tick it calls ``results-url`` for fresh presigned URLs and
 HEADs the artifact of each job it follows, compares the ETag with the one recorded by the
 asset's last materialization for that job, and requests a run only for jobs whose ETag differs.
 """
@@ -17,19 +17,23 @@ import dagster as dg
 
 from dagster_sutro import metadata as md
 from dagster_sutro.assets import DEFAULT_RESOURCE_KEY, SutroResultsConfig, sutro_results
-from dagster_sutro.client import SutroClient
-from dagster_sutro.errors import SutroError, SutroJobNotReadyError
+from dagster_sutro.client import SutroClient, validate_job_id
+from dagster_sutro.errors import InvalidInputError, SutroError, SutroJobNotReadyError
 from dagster_sutro.resource import SutroResource
 from dagster_sutro.transfer import TransferSettings, head_artifact
 
 CURSOR_VERSION = 1
 
-# Dagster stops a sensor evaluation after 60 seconds by default. The budget leaves room for
-# the job whose check is under way when the budget runs out, because each check sends at most
-# two requests, each limited by SENSOR_REQUEST_TIMEOUT_SECONDS.
-DEFAULT_TIME_BUDGET_SECONDS = 30.0
-SENSOR_REQUEST_TIMEOUT_SECONDS = 10.0
-SENSOR_MAX_RETRIES = 1
+# Dagster stops a sensor evaluation after 60 seconds by default. A tick starts no new list-jobs
+# page after half the budget and no new job check after the whole budget. One job check sends
+# results-url (or job-status after a 409) and at most SENSOR_HEAD_ATTEMPTS HEADs, each limited
+# by SENSOR_REQUEST_TIMEOUT_SECONDS, so it ends within about 25 s and the slowest tick with
+# the default budget stays under 50 s. A request that times out is tried again on the next tick.
+DEFAULT_TIME_BUDGET_SECONDS = 20.0
+SENSOR_REQUEST_TIMEOUT_SECONDS = 8.0
+SENSOR_MAX_RETRIES = 0
+SENSOR_HEAD_ATTEMPTS = 2
+SENSOR_BACKOFF_MAX_SECONDS = 1.0
 # The sensor only HEADs, so its presigned URLs need to live just long enough for that request.
 SENSOR_URL_EXPIRES_IN_SECONDS = 300
 
@@ -37,7 +41,7 @@ LIST_JOBS_PAGE_SIZE = 100
 MATERIALIZATIONS_PAGE_SIZE = 100
 # A first tick searches at most this many materializations for the last ETag of each job. A job
 # whose last materialization is older is requested again, and its run then skips the download
-# when the destination still holds the same ETag.
+# when the destination still contains the same ETag.
 MAX_MATERIALIZATIONS_SEARCHED = 1000
 # The newest job ids of the last completed list-jobs scan. The next scan stops at the first of
 # them it meets, so a deleted job does not make it page through the whole history.
@@ -219,7 +223,7 @@ def build_sutro_results_sensor(
 
     Use it with the config-driven asset (:data:`sutro_results` or one built by
     :func:`build_sutro_results_asset`), whose run config names the job. Each tick, for each job
-    it follows, the sensor asks ``results-url`` for presigned URLs and HEADs the artifact. It
+    it follows, the sensor calls ``results-url`` for presigned URLs and HEADs the artifact. It
     never downloads. It requests a run with ``SutroResultsConfig(job_id=...)`` when the ETag
     differs from the one recorded by the asset's latest materialization for that job and
     include flags. Materializations are read from the Dagster instance, so a run that failed
@@ -255,7 +259,9 @@ def build_sutro_results_sensor(
             ``cumulative_logprobs`` column.
         destination: The destination put in each run's config; ``None`` keeps the asset's.
         default_status: Whether the sensor starts running when the code location loads.
-        time_budget_seconds: The time after which a tick stops checking further jobs.
+        time_budget_seconds: The time after which a tick starts no further job check. Paging
+            through ``list-jobs`` stops after half of it. With the default of 20 s a tick ends
+            within about 50 s, inside Dagster's 60-second sensor timeout.
         skip_existing_jobs: With ``job_ids=None``, make the first tick record the jobs that
             exist already without requesting runs for them, so only later jobs are fetched.
 
@@ -284,6 +290,12 @@ def build_sutro_results_sensor(
     sensor_name = name or (f"{op_name}_sensor" if "sutro" in op_name else f"{op_name}_sutro_sensor")
     if job_ids is not None and isinstance(job_ids, str):
         raise TypeError(f"job_ids must be a list of job ids, not the string {job_ids!r}.")
+    for job_id in job_ids or ():
+        validate_job_id(job_id)
+    if time_budget_seconds < 0:
+        raise InvalidInputError(
+            f"time_budget_seconds={time_budget_seconds!r} is invalid: use 0 or more seconds."
+        )
     options = _SensorOptions(
         name=sensor_name,
         asset=asset,
@@ -318,9 +330,12 @@ def build_sutro_results_sensor(
 
 def _evaluate(context: dg.SensorEvaluationContext, options: _SensorOptions) -> dg.SensorResult:
     """Run one tick: discover jobs, read materializations, HEAD artifacts, request runs."""
-    deadline = time.monotonic() + options.time_budget_seconds
+    started = time.monotonic()
+    deadline = started + options.time_budget_seconds
     cursor = _load_cursor(context)
     sutro: SutroResource = getattr(context.resources, options.resource_key)
+    # A client of its own, with short timeouts and no retries, so that one slow request cannot
+    # push the tick past Dagster's sensor timeout.
     client = SutroClient(
         sutro.api_url,
         sutro.api_key,
@@ -329,7 +344,8 @@ def _evaluate(context: dg.SensorEvaluationContext, options: _SensorOptions) -> d
     )
 
     if options.job_ids is None:
-        _discover_jobs(context, client, cursor, options, deadline)
+        discovery_deadline = started + options.time_budget_seconds / 2
+        _discover_jobs(context, client, cursor, options, discovery_deadline)
         followed = list(cursor.watched)
     else:
         followed = list(options.job_ids)
@@ -337,8 +353,10 @@ def _evaluate(context: dg.SensorEvaluationContext, options: _SensorOptions) -> d
     _read_last_materializations(context.instance, options, cursor, followed)
 
     settings = TransferSettings(
-        connect_timeout_seconds=min(sutro.read_timeout_seconds, SENSOR_REQUEST_TIMEOUT_SECONDS),
+        connect_timeout_seconds=SENSOR_REQUEST_TIMEOUT_SECONDS,
         read_timeout_seconds=min(sutro.read_timeout_seconds, SENSOR_REQUEST_TIMEOUT_SECONDS),
+        max_attempts_per_part=SENSOR_HEAD_ATTEMPTS,
+        backoff_max_seconds=SENSOR_BACKOFF_MAX_SECONDS,
     )
     ordered = _rotate(followed, cursor.resume_from)
     cursor.resume_from = None
@@ -468,7 +486,8 @@ def _handle_job_not_ready(
         )
         if options.job_ids is None:
             _stop_watching(cursor, job_id)
-            cursor.unfinished.append(job_id)
+            if job_id not in cursor.unfinished:
+                cursor.unfinished.append(job_id)
         return
     context.log.info(f"Sutro job {job_id} is {status} and has no results, so no run is requested.")
     if options.job_ids is None:
@@ -582,7 +601,9 @@ def _discover_jobs(
     _recheck_unfinished_jobs(context, client, cursor, deadline)
 
     first_scan = not cursor.seen_job_ids and cursor.scan is None
-    scan = cursor.scan or ListJobsScan(next_cursor=None, stop_at=list(cursor.seen_job_ids), newest=[])
+    scan = cursor.scan or ListJobsScan(
+        next_cursor=None, stop_at=list(cursor.seen_job_ids), newest=[]
+    )
     pages = 0
     while True:
         try:
@@ -595,7 +616,9 @@ def _discover_jobs(
             return
         pages += 1
         if not scan.newest:
-            scan.newest = [str(job["job_id"]) for job in jobs[:SEEN_JOB_IDS_KEPT] if "job_id" in job]
+            scan.newest = [
+                str(job["job_id"]) for job in jobs[:SEEN_JOB_IDS_KEPT] if "job_id" in job
+            ]
 
         if first_scan and options.skip_existing_jobs:
             context.log.info(

@@ -11,6 +11,7 @@ the script then stops ``dagster dev`` and the emulator.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -123,8 +124,8 @@ def main() -> int:
             "-p",
             str(port),
         ]
-        # A session of its own, so that Ctrl-C reaches this script only and the script stops
-        # dagster dev exactly once.
+        # A session of its own: Ctrl-C in the terminal reaches this script only, and the script
+        # then sends dagster dev a single SIGINT.
         server = subprocess.Popen(command, env=env, cwd=workdir, start_new_session=True)
         try:
             wait_for_server(base_url, SERVER_START_TIMEOUT_SECONDS, process=server)
@@ -194,7 +195,7 @@ def graphql(base_url: str, query: str, variables: dict[str, Any] | None = None) 
 def wait_for_server(
     base_url: str, timeout_seconds: float, *, process: subprocess.Popen | None = None
 ) -> None:
-    """Wait until the webserver answers and the code location has loaded.
+    """Wait until the webserver responds and the code location has loaded.
 
     Raises:
         TimeoutError: If that takes longer than ``timeout_seconds``.
@@ -269,14 +270,10 @@ def stop_process(process: subprocess.Popen, timeout_seconds: float) -> None:
     """
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=timeout_seconds)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 

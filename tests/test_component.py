@@ -18,6 +18,22 @@ from dagster_sutro.testing import SutroEmulator
 
 DG = Path(sys.executable).with_name("dg")
 CANARY_KEY = "sk_canary_" + "0c4e7d9a2f61b835"
+PROJECT_RESOURCE = """\
+import dagster as dg
+
+from dagster_sutro import SutroResource
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "sutro_prod": SutroResource(
+                api_key=dg.EnvVar("SUTRO_API_KEY"), api_url=dg.EnvVar("SUTRO_API_URL")
+            )
+        }
+    )
+"""
 
 
 def _asset_keys(defs: dg.Definitions) -> set[dg.AssetKey]:
@@ -26,7 +42,9 @@ def _asset_keys(defs: dg.Definitions) -> set[dg.AssetKey]:
 
 def test_scaffold_writes_commented_template() -> None:
     with create_defs_folder_sandbox() as sandbox:
-        defs_path = sandbox.scaffold_component(component_cls=SutroResultsComponent, defs_path="sutro")
+        defs_path = sandbox.scaffold_component(
+            component_cls=SutroResultsComponent, defs_path="sutro"
+        )
 
         text = (defs_path / "defs.yaml").read_text()
         data = yaml.safe_load(text)
@@ -66,13 +84,15 @@ def test_scaffold_and_load_builds_assets_and_resource(monkeypatch: pytest.Monkey
 
     assert job.job_id == "job-abc"
     assert job.destination == "s3://bucket/sutro/"
-    assert {key.path[0] for key in keys} == {"sutro"}
-    assert any("job-abc" in key.path[1] for key in keys)
-    assert len(keys) == 2
+    assert keys == {
+        dg.AssetKey(["sutro", "job_abc", "artifact"]),
+        dg.AssetKey(["sutro", "job_abc", "results"]),
+    }
     assert isinstance(resource, SutroResource)
     assert isinstance(resource.api_key, dg.EnvVar)
-    assert str(resource.api_key) == "SUTRO_API_KEY"
+    assert resource.api_key.env_var_name == "SUTRO_API_KEY"
     assert isinstance(resource.api_url, dg.EnvVar)
+    assert resource.api_url.env_var_name == "SUTRO_API_URL"
     assert CANARY_KEY not in repr(resource)
 
 
@@ -96,11 +116,17 @@ def test_several_jobs_and_existing_resource() -> None:
         defs_path = sandbox.scaffold_component(
             component_cls=SutroResultsComponent,
             defs_path="sutro",
-            defs_yaml_contents={"type": "dagster_sutro.SutroResultsComponent", "attributes": attributes},
+            defs_yaml_contents={
+                "type": "dagster_sutro.SutroResultsComponent",
+                "attributes": attributes,
+            },
         )
-        with sandbox.load_component_and_build_defs(defs_path=defs_path) as (_, defs):
+        # The resource that "resource: null" relies on, defined elsewhere in the project.
+        (sandbox.defs_folder_path / "resources.py").write_text(PROJECT_RESOURCE)
+        with sandbox.load_component_and_build_defs(defs_path=defs_path) as (_, component_defs):
+            component_resources = dict(component_defs.resources or {})
+        with sandbox.build_all_defs() as defs:
             keys = _asset_keys(defs)
-            resources = dict(defs.resources or {})
             graph = defs.resolve_asset_graph()
             groups = {graph.get(key).group_name for key in keys}
             required = {
@@ -109,14 +135,18 @@ def test_several_jobs_and_existing_resource() -> None:
                 for resource_key in assets_def.required_resource_keys
             }
 
-    assert len(keys) == 4
-    assert {key.path[0] for key in keys} == {"sutro", "llm"}
-    assert resources == {}
+    assert component_resources == {}
+    assert keys == {
+        dg.AssetKey(["sutro", "job_one", "artifact"]),
+        dg.AssetKey(["sutro", "job_one", "results"]),
+        dg.AssetKey(["llm", "batch", "job_two", "artifact"]),
+        dg.AssetKey(["llm", "batch", "job_two", "results"]),
+    }
     assert groups == {"sutro"}
     assert "sutro_prod" in required
 
 
-def test_key_value_in_env_var_field_is_rejected_without_echo() -> None:
+def test_pasted_key_rejected_without_echo() -> None:
     attributes = {
         "resource": {"api_key_env_var": CANARY_KEY + "-pasted"},
         "jobs": [{"job_id": "job-one", "destination": "results/"}],
@@ -143,29 +173,25 @@ def test_duplicate_job_is_rejected() -> None:
         component.build_defs(None)  # type: ignore[arg-type]
 
 
-def test_component_assets_materialize(emulator: SutroEmulator, tmp_path: Path) -> None:
-    job_id = emulator.add_job(num_rows=15)
+def test_component_assets_materialize_with_env_vars(
+    emulator: SutroEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = emulator.add_job(job_id="job-component", num_rows=15)
     component = SutroResultsComponent.resolve_from_dict(
         {"jobs": [{"job_id": job_id, "destination": f"{tmp_path / 'results'}/"}]}
     )
     defs = component.build_defs(None)  # type: ignore[arg-type]
-    graph = defs.resolve_asset_graph()
-    results_keys = [key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable]
-    sutro = SutroResource(api_key=emulator.api_key, api_url=emulator.api_url, max_retries=1)
+    results_key = dg.AssetKey(["sutro", "job_component", "results"])
+    # The resource reads both variables when the run starts, not when the component loads.
+    monkeypatch.setenv("SUTRO_API_URL", emulator.api_url)
+    monkeypatch.setenv("SUTRO_API_KEY", emulator.api_key)
 
-    result = dg.materialize(
-        [assets_def for assets_def in graph.assets_defs if assets_def.is_materializable],
-        resources={"sutro": sutro},
-        instance=dg.DagsterInstance.ephemeral(),
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), asset_selection=[results_key]
     )
 
-    assert len(results_keys) == 1
     assert result.success
-    [materialization] = [
-        event.materialization
-        for event in result.get_asset_materialization_events()
-        if event.materialization.asset_key == results_keys[0]
-    ]
+    [materialization] = result.asset_materializations_for_node("sutro__job_component__results")
     assert materialization.metadata["dagster/row_count"].value == 15
 
 

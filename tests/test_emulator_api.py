@@ -217,7 +217,7 @@ def test_results_url_expiry_bounds_accepted(emu: SutroEmulator, seconds: int) ->
     assert f"X-Amz-Expires={seconds}&" in response.json()["urls"]["get"]
 
 
-def test_results_url_reports_every_validation_error(emu: SutroEmulator) -> None:
+def test_results_url_all_validation_errors(emu: SutroEmulator) -> None:
     job_id = emu.add_job(num_rows=3)
     response = api_get(
         emu,

@@ -346,10 +346,20 @@ def test_storage_slow_down_body(emu: SutroEmulator, job: tuple[str, bytes]) -> N
     assert error_code(response) == "SlowDown"
 
 
-def test_storage_status_sequence_applies_before_signature(emu: SutroEmulator) -> None:
+def test_storage_status_before_signature(emu: SutroEmulator) -> None:
     emu.faults.status_sequence([503])
     response = requests.get(f"{emu.storage_url}/sutro-data/anything", timeout=30)
     assert response.status_code == 503
+
+
+def test_storage_status_path_filter(emu: SutroEmulator) -> None:
+    job_id = emu.add_job(num_rows=5)
+    emu.faults.status_sequence([503], path_contains="inputs=1")
+    plain_get, _ = urls_for(emu, job_id)
+    inputs_get, _ = urls_for(emu, job_id, include_inputs="true")
+    assert requests.get(plain_get, timeout=30).status_code == 200
+    assert requests.get(inputs_get, timeout=30).status_code == 503
+    assert requests.get(inputs_get, timeout=30).status_code == 200
 
 
 def test_api_status_sequence(emu: SutroEmulator) -> None:
@@ -503,9 +513,7 @@ def test_replace_object_after_bytes(emu: SutroEmulator, job: tuple[str, bytes]) 
     assert requests.get(get_url, timeout=30).content != data
 
 
-def test_replace_object_mid_stream_keeps_old_bytes(
-    emu: SutroEmulator, job: tuple[str, bytes]
-) -> None:
+def test_replace_mid_stream_keeps_old_bytes(emu: SutroEmulator, job: tuple[str, bytes]) -> None:
     job_id, data = job
     emu.faults.trickle(400_000, job_id=job_id, times=1)
     emu.faults.replace_object_after(job_id, 10_000)

@@ -17,8 +17,8 @@ from dagster_sutro import (
     SutroResultsInputManager,
     build_sutro_results_asset,
     load_sutro_results,
+    metadata as md,
 )
-from dagster_sutro import metadata as md
 from dagster_sutro.testing import SutroEmulator
 
 NUM_ROWS = 40
@@ -64,9 +64,7 @@ def _uri(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> str:
     return str(event.asset_materialization.metadata[md.URI_KEY].value)
 
 
-def test_uri_with_column_subset(
-    sutro: SutroResource, instance, asset, job_id: str
-) -> None:
+def test_uri_with_column_subset(sutro: SutroResource, instance, asset, job_id: str) -> None:
     _materialize([asset], asset, sutro, instance, job_id)
 
     table = load_sutro_results(_uri(instance, asset), columns=["outputs"])
@@ -91,16 +89,16 @@ def test_row_filters(sutro: SutroResource, instance, asset, job_id: str) -> None
 def test_pandas_output(sutro: SutroResource, instance, asset, job_id: str) -> None:
     _materialize([asset], asset, sutro, instance, job_id)
 
-    frame = load_sutro_results(asset, instance=instance, columns=["row_id", "outputs"], as_="pandas")
+    frame = load_sutro_results(
+        asset, instance=instance, columns=["row_id", "outputs"], as_="pandas"
+    )
 
     assert isinstance(frame, pd.DataFrame)
     assert list(frame.columns) == ["row_id", "outputs"]
     assert len(frame) == NUM_ROWS
 
 
-def test_polars_output_or_clear_error(
-    sutro: SutroResource, instance, asset, job_id: str
-) -> None:
+def test_polars_output_or_clear_error(sutro: SutroResource, instance, asset, job_id: str) -> None:
     _materialize([asset], asset, sutro, instance, job_id)
     uri = _uri(instance, asset)
 
@@ -151,9 +149,7 @@ def test_s3_uri_on_moto(
     assert table.column("row_id").to_pylist() == list(range(35, NUM_ROWS))
 
 
-def test_context_of_downstream_asset(
-    sutro: SutroResource, instance, asset, job_id: str
-) -> None:
+def test_context_of_downstream_asset(sutro: SutroResource, instance, asset, job_id: str) -> None:
     @dg.asset(deps=[asset])
     def output_rows(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         table = load_sutro_results(context, columns=["outputs"])
@@ -217,9 +213,7 @@ def test_input_manager_follows_annotation(
     assert frame.metadata["dagster/row_count"].value == NUM_ROWS
 
 
-def test_unknown_column_lists_available(
-    sutro: SutroResource, instance, asset, job_id: str
-) -> None:
+def test_unknown_column_lists_available(sutro: SutroResource, instance, asset, job_id: str) -> None:
     _materialize([asset], asset, sutro, instance, job_id)
 
     with pytest.raises(InvalidInputError, match="no column 'missing'") as error:

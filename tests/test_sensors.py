@@ -8,8 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dagster_sutro import SutroResource, build_sutro_results_asset, build_sutro_results_sensor
-from dagster_sutro import sensors as sensors_module
+from dagster_sutro import (
+    SutroResource,
+    build_sutro_results_asset,
+    build_sutro_results_sensor,
+    sensors as sensors_module,
+)
 from dagster_sutro.testing import SutroEmulator
 
 
@@ -29,9 +33,7 @@ def _tick(
     sutro: SutroResource,
     cursor: str | None,
 ) -> tuple[list[dg.RunRequest], str | None, str | None]:
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"sutro": sutro}
-    )
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"sutro": sutro})
     data = sensor.evaluate_tick(context)
     return list(data.run_requests or []), data.cursor, data.skip_message
 

@@ -2,7 +2,7 @@
 
 ``ObjectServer`` serves one object with ``Range``, ``If-Match`` and ``ETag`` like S3, and a
 fault hook that can break any response: reset the connection, cut the body short, stall,
-answer 5xx, 403, 412, ignore ``Range`` or send a wrong ``Content-Range``. It checks no
+return 5xx, 403, 412, ignore ``Range`` or send a wrong ``Content-Range``. It checks no
 signature; the SigV4 emulator covers that.
 """
 
@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,15 +50,16 @@ class Fault:
     """How to break one response.
 
     Attributes:
-        status: Answer with this status and an S3 XML error body instead of the object.
+        status: Return this status and an S3 XML error body instead of the object.
         code: The S3 error code of the body.
         message: The S3 error message of the body.
         reset_after: Send this many body bytes, then reset the connection.
         truncate_after: Send this many body bytes, then close the connection cleanly.
         stall_after: Send this many body bytes, then stop sending for ``stall_seconds``.
         stall_seconds: How long a stall lasts.
-        ignore_range: Answer 200 with the whole object, whatever the ``Range``.
+        ignore_range: Return 200 with the whole object, whatever the ``Range``.
         content_range: Send this ``Content-Range`` instead of the right one.
+        bytes_per_second: Send the body at this rate, in pieces of 64 KiB.
     """
 
     status: int | None = None
@@ -65,6 +71,7 @@ class Fault:
     stall_seconds: float = 0.0
     ignore_range: bool = False
     content_range: str | None = None
+    bytes_per_second: float | None = None
 
 
 @dataclass
@@ -88,7 +95,7 @@ class _State:
     fault: FaultHook | None = None
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Called with the request once its headers were read, before any answer.
+    # Called with the request once its headers were read, before the response starts.
     on_request: Callable[[Received], None] | None = None
 
 
@@ -131,10 +138,17 @@ class ObjectServer:
         self.state.fault = hook
 
     def urls(
-        self, *, expires_in_seconds: int = 3600, signature: str = CANARY_SIGNATURE
+        self,
+        *,
+        expires_in_seconds: int = 3600,
+        signature: str = CANARY_SIGNATURE,
+        age_seconds: float = 0.0,
     ) -> ResultsDownloadUrl:
-        """Build results-url output pointing at this server, with a canary signature."""
-        now = time.gmtime()
+        """Build results-url output pointing at this server, with a canary signature.
+
+        ``age_seconds`` backdates the signing time, so the URLs expire that much sooner.
+        """
+        now = time.gmtime(time.time() - age_seconds)
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", now)
         base = f"{self.origin}/{BUCKET}/{KEY.replace('~', '%7E')}"
         query = (
@@ -228,6 +242,16 @@ def _make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 if limit is not None:
                     cut = min(cut, limit)
             view = memoryview(body)
+            if fault.bytes_per_second is not None:
+                piece = 64 * 1024
+                try:
+                    for offset in range(0, len(body), piece):
+                        self.wfile.write(view[offset : offset + piece])
+                        self.wfile.flush()
+                        time.sleep(piece / fault.bytes_per_second)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                return
             try:
                 for offset in range(0, cut, MIB):
                     self.wfile.write(view[offset : min(cut, offset + MIB)])
@@ -321,6 +345,13 @@ FAST = TransferSettings(
 )
 
 
+SIGNATURE_MISMATCH = Fault(
+    status=403,
+    code="SignatureDoesNotMatch",
+    message="The request signature we calculated does not match the signature you provided.",
+)
+
+
 @pytest.fixture
 def artifact() -> bytes:
     return make_parquet(5 * MIB + 12345)
@@ -361,7 +392,7 @@ def test_requests_carry_only_needed_headers(server: ObjectServer, tmp_path: Path
     heads = [request for request in server.requests if request.method == "HEAD"]
     assert len(heads) == 1
     assert "X-Amz-Signature=" + CANARY_SIGNATURE + "head" in heads[0].path
-    assert all("get" == r.path.rsplit(CANARY_SIGNATURE, 1)[1] for r in _get_requests(server))
+    assert all(r.path.rsplit(CANARY_SIGNATURE, 1)[1] == "get" for r in _get_requests(server))
 
 
 def test_url_sent_byte_for_byte(server: ObjectServer, tmp_path: Path):
@@ -373,7 +404,7 @@ def test_url_sent_byte_for_byte(server: ObjectServer, tmp_path: Path):
         assert request.path == "/" + expected_path
 
 
-def test_one_get_per_part_and_no_head_when_given(server: ObjectServer, artifact: bytes, tmp_path):
+def test_given_head_skips_head_request(server: ObjectServer, artifact: bytes, tmp_path):
     urls = server.urls()
     head = head_artifact(urls, settings=FAST)
     before = len(server.requests)
@@ -427,16 +458,15 @@ def test_memory_destination_matches_source(server: ObjectServer, artifact: bytes
 
 def test_reset_mid_part_resumes_from_last_byte(tmp_path: Path):
     # Bytes arrive in chunks of read_chunk_bytes (1 MiB), so a reset 2.5 MiB into a part
-    # keeps at least the first 2 MiB and the retry asks for the rest.
+    # keeps at least the first 2 MiB and the retry requests the rest.
     data = make_parquet(9 * MIB)
     part = 4 * MIB
     broken: list[Received] = []
 
     def hook(request: Received, index: int) -> Fault | None:
-        if request.method == "GET" and request.range == f"bytes={part}-{2 * part - 1}":
-            if not broken:
-                broken.append(request)
-                return Fault(reset_after=2 * MIB + MIB // 2)
+        if request.range == f"bytes={part}-{2 * part - 1}" and not broken:
+            broken.append(request)
+            return Fault(reset_after=2 * MIB + MIB // 2)
         return None
 
     settings = TransferSettings(part_size_bytes=part, max_concurrency=3, backoff_base_seconds=0.01)
@@ -455,7 +485,7 @@ def test_reset_mid_part_resumes_from_last_byte(tmp_path: Path):
     assert sha256((tmp_path / "a.parquet").read_bytes()) == sha256(data)
     assert len(for_part) == 2
     retry_start = int(for_part[1].range.removeprefix("bytes=").split("-")[0])
-    # The retry asks only for what had not arrived: at least the 2 MiB of full chunks.
+    # The retry requests only what had not arrived, after at least 2 MiB of full chunks.
     assert part + 2 * MIB <= retry_start <= part + 2 * MIB + MIB // 2
     assert result.bytes_transferred == len(data)
 
@@ -648,17 +678,7 @@ def test_refreshed_urls_that_keep_expiring_fail(server: ObjectServer, tmp_path: 
 
 
 def test_signature_mismatch_fails_at_once(server: ObjectServer, tmp_path: Path):
-    server.set_fault(
-        lambda request, index: (
-            Fault(
-                status=403,
-                code="SignatureDoesNotMatch",
-                message="The request signature we calculated does not match the signature you provided.",
-            )
-            if request.method == "GET"
-            else None
-        )
-    )
+    server.set_fault(lambda request, index: SIGNATURE_MISMATCH if request.method == "GET" else None)
     with pytest.raises(StorageError) as caught:
         download_artifact(
             lambda: server.urls(), str(tmp_path / "a.parquet"), urls=server.urls(), settings=FAST
@@ -707,7 +727,8 @@ def test_truncated_parquet_not_published_to_memory():
 
     fs = fsspec.filesystem("memory")
     assert not fs.exists("/truncated/a.parquet")
-    assert fs.ls("/truncated", detail=False) == [] if fs.exists("/truncated") else True
+    leftovers = fs.ls("/truncated", detail=False) if fs.exists("/truncated") else []
+    assert leftovers == []
 
 
 # Part boundaries, empty and one-part artifacts
@@ -867,13 +888,6 @@ def _fail_after_gets(count: int, fault: Fault) -> FaultHook:
 
     hook.seen = []  # type: ignore[attr-defined]
     return hook
-
-
-SIGNATURE_MISMATCH = Fault(
-    status=403,
-    code="SignatureDoesNotMatch",
-    message="The request signature we calculated does not match the signature you provided.",
-)
 
 
 def test_interrupted_download_resumes_missing_parts(tmp_path: Path):
@@ -1050,3 +1064,223 @@ def test_start_progress_and_end_lines(tmp_path: Path):
     assert messages[-1].startswith(f"Downloaded {KEY} to file://")
     assert "resumed" in messages[-1]
     assert all(CANARY_SIGNATURE not in message for message in messages)
+
+
+def test_urls_about_to_expire_are_refreshed_first(server: ObjectServer, tmp_path: Path):
+    calls: list[ResultsDownloadUrl] = []
+
+    def get_urls() -> ResultsDownloadUrl:
+        calls.append(server.urls(signature=CANARY_SIGNATURE[:-5] + "fresh"))
+        return calls[-1]
+
+    # Signed 3590 s ago for 3600 s: 10 s left, less than the 30 s margin.
+    stale = server.urls(age_seconds=3590)
+    download_artifact(get_urls, str(tmp_path / "a.parquet"), urls=stale, settings=FAST)
+
+    assert len(calls) == 1
+    gets = _get_requests(server)
+    assert gets
+    assert all("fresh" in request.path for request in gets)
+
+
+def test_short_lived_urls_not_refreshed_early(server: ObjectServer, tmp_path: Path):
+    calls: list[int] = []
+
+    def get_urls() -> ResultsDownloadUrl:
+        calls.append(1)
+        return server.urls(expires_in_seconds=20)
+
+    # A 20 s lifetime is below the 30 s margin; the margin becomes half the lifetime.
+    download_artifact(
+        get_urls,
+        str(tmp_path / "a.parquet"),
+        urls=server.urls(expires_in_seconds=20),
+        settings=FAST,
+    )
+
+    assert calls == []
+
+
+def test_single_part_accepts_full_body_answer(tmp_path: Path):
+    data = make_parquet_of_size(MIB // 2)
+    with ObjectServer(data) as server:
+        server.set_fault(lambda request, index: Fault(ignore_range=True))
+        download_artifact(
+            lambda: server.urls(), str(tmp_path / "a.parquet"), urls=server.urls(), settings=FAST
+        )
+        gets = _get_requests(server)
+
+    assert (tmp_path / "a.parquet").read_bytes() == data
+    # The only part covers the whole object, so the 200 answer is exactly what was asked.
+    assert len(gets) == 1
+    assert gets[0].status == 200
+
+
+def _parquet_with_large_footer(footer_bytes: int) -> bytes:
+    table = pa.table({"outputs": pa.array([f"row {i}" for i in range(1000)])})
+    table = table.replace_schema_metadata({"padding": "p" * footer_bytes})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def test_footer_beyond_tail_buffer_read_back_from_temporary(monkeypatch: pytest.MonkeyPatch):
+    from dagster_sutro.transfer import remote
+
+    monkeypatch.setattr(remote, "TAIL_BUFFER_BYTES", 64 * 1024)
+    data = _parquet_with_large_footer(600 * 1024)
+    with ObjectServer(data) as server:
+        download_artifact(
+            lambda: server.urls(),
+            "memory://big-footer/a.parquet",
+            urls=server.urls(),
+            settings=FAST,
+        )
+
+    fs = fsspec.filesystem("memory")
+    assert fs.cat_file("/big-footer/a.parquet") == data
+    fs.rm("/big-footer", recursive=True)
+
+
+def test_footer_beyond_tail_buffer_fetched_for_s3(
+    monkeypatch: pytest.MonkeyPatch, s3_bucket: str, s3_storage_options: dict
+):
+    from dagster_sutro.transfer import remote
+
+    monkeypatch.setattr(remote, "TAIL_BUFFER_BYTES", 64 * 1024)
+    data = _parquet_with_large_footer(600 * 1024)
+    with ObjectServer(data) as server:
+        result = download_artifact(
+            lambda: server.urls(),
+            f"s3://{s3_bucket}/out/a.parquet",
+            urls=server.urls(),
+            storage_options=s3_storage_options,
+            settings=FAST,
+        )
+        gets = _get_requests(server)
+
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    assert fs.cat_file(result.uri) == data
+    footer_length = int.from_bytes(data[-8:-4], "little")
+    # One GET per part, plus one for the footer, which the upload had already passed.
+    assert len(gets) == -(-len(data) // MIB) + 1
+    assert gets[-1].range == f"bytes={len(data) - footer_length - 8}-{len(data) - 1}"
+
+
+def test_corrupt_footer_not_published_to_s3(s3_bucket: str, s3_storage_options: dict):
+    data = bytearray(make_parquet(6 * MIB))
+    footer_length = int.from_bytes(data[-8:-4], "little")
+    data[-8 - footer_length : -8] = b"\xff" * footer_length
+    with ObjectServer(bytes(data)) as server, pytest.raises(DownloadError, match="parsed"):
+        download_artifact(
+            lambda: server.urls(),
+            f"s3://{s3_bucket}/out/a.parquet",
+            urls=server.urls(),
+            storage_options=s3_storage_options,
+            settings=FAST,
+        )
+
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    assert not fs.exists(f"{s3_bucket}/out/a.parquet")
+
+
+_CHILD_DOWNLOAD = """
+import json, sys
+from dagster_sutro.models import ArtifactInfo, ResultsDownloadUrl
+from dagster_sutro.transfer import TransferSettings, download_artifact
+spec = json.loads(sys.argv[1])
+urls = ResultsDownloadUrl(**{**spec["urls"], "artifact": ArtifactInfo(**spec["urls"]["artifact"])})
+settings = TransferSettings(part_size_bytes=spec["part_size"], max_concurrency=spec["concurrency"])
+download_artifact(lambda: urls, spec["destination"], urls=urls, settings=settings)
+"""
+
+
+def test_killed_process_resumes_with_less_than_one_part_lost(tmp_path: Path):
+    data = make_parquet_of_size(24 * MIB, seed=11)
+    part, concurrency = 4 * MIB, 2
+    destination = tmp_path / "a.parquet"
+    with ObjectServer(data) as server:
+        server.set_fault(
+            lambda request, index: (
+                Fault(bytes_per_second=6 * MIB) if request.method == "GET" else None
+            )
+        )
+        urls = server.urls()
+        spec = {
+            "urls": {
+                "job_id": urls.job_id,
+                "format": urls.format,
+                "include_inputs": urls.include_inputs,
+                "include_cumulative_logprobs": urls.include_cumulative_logprobs,
+                "expires_in_seconds": urls.expires_in_seconds,
+                "artifact": vars(urls.artifact),
+                "get_url": urls.get_url,
+                "head_url": urls.head_url,
+            },
+            "part_size": part,
+            "concurrency": concurrency,
+            "destination": str(destination),
+        }
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_DOWNLOAD, json.dumps(spec)],
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        state_path = tmp_path / "a.parquet.sutro-partial.json"
+        deadline = time.monotonic() + 60
+        recorded = 0
+        # Kill the child once its state file records about half of the artifact.
+        while time.monotonic() < deadline and child.poll() is None:
+            if state_path.exists():
+                try:
+                    state = json.loads(state_path.read_text())
+                except ValueError:
+                    state = None
+                if state is not None:
+                    recorded = sum(
+                        min(part, len(data) - first * part)
+                        for first_last in state["finished_parts"]
+                        for first in range(first_last[0], first_last[1] + 1)
+                    ) + sum(written for _, written in state["partial_parts"])
+                    if recorded >= len(data) // 2:
+                        break
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL
+        assert not destination.exists()
+        on_disk = _bytes_written_per_part(
+            (tmp_path / "a.parquet.sutro-partial").read_bytes(), data, part
+        )
+
+        server.set_fault(None)
+        result = download_artifact(
+            lambda: server.urls(),
+            str(destination),
+            urls=server.urls(),
+            settings=TransferSettings(part_size_bytes=part, max_concurrency=concurrency),
+        )
+
+    assert sha256(destination.read_bytes()) == sha256(data)
+    assert on_disk >= len(data) // 2
+    assert result.resumed_bytes >= recorded
+    assert result.resumed_bytes + result.bytes_transferred == len(data)
+    # Of the bytes the killed process had written, only those after its last state write
+    # (less than one part) are fetched again.
+    assert result.resumed_bytes > on_disk - part
+
+
+def _bytes_written_per_part(partial: bytes, source: bytes, part: int) -> int:
+    """Count, part by part, the leading bytes of the partial file that match the source."""
+    total = 0
+    step = 64 * 1024
+    for start in range(0, len(source), part):
+        end = min(start + part, len(source))
+        offset = start
+        while (
+            offset < end
+            and partial[offset : min(offset + step, end)]
+            == source[offset : min(offset + step, end)]
+        ):
+            offset = min(offset + step, end)
+        total += offset - start
+    return total

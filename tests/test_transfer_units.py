@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -117,7 +118,7 @@ def test_part_plan_boundaries(size: int, count: int, last_length: int | None):
         assert parts[-1].end == size - 1
         assert parts[-1].length == last_length
         assert all(part.length == MIB for part in parts[:-1])
-        assert all(a.end + 1 == b.start for a, b in zip(parts, parts[1:], strict=False))
+        assert all(a.end + 1 == b.start for a, b in itertools.pairwise(parts))
 
 
 def test_part_plan_of_huge_artifact_is_lazy():
@@ -418,7 +419,7 @@ def test_local_target_rejects_artifact_larger_than_free_space(tmp_path: Path):
         LocalTarget.open(path=path, uri="file://" + path, expected=huge, relay=relay)
 
 
-def test_local_target_publish_keeps_earlier_file_on_size_error(tmp_path: Path):
+def test_size_error_keeps_earlier_file(tmp_path: Path):
     path = tmp_path / "out.parquet"
     path.write_bytes(b"earlier")
     relay, _ = _collecting_relay()
@@ -586,3 +587,34 @@ def test_log_relay_queues_lines_from_other_threads():
     assert lines == []
     relay.drain()
     assert lines == ["from worker"]
+
+
+def test_local_target_records_partly_written_parts(tmp_path: Path):
+    path = str(tmp_path / "out.parquet")
+    relay, _ = _collecting_relay()
+    target = LocalTarget.open(path=path, uri="file://" + path, expected=_expected(), relay=relay)
+    plan = PartPlan(4 * MIB, MIB)
+    first, second = target.sink(plan[0]), target.sink(plan[1])
+    chunk = b"a" * (MIB // 4)
+
+    # 768 KiB written: less than one part since the last state write, so nothing recorded.
+    for _ in range(3):
+        first.write(chunk)
+    assert json.loads(Path(path + STATE_SUFFIX).read_text())["partial_parts"] == []
+
+    # 256 KiB more reaches one part size of progress and rewrites the state file.
+    second.write(chunk)
+    recorded = json.loads(Path(path + STATE_SUFFIX).read_text())["partial_parts"]
+    assert recorded == [[0, 3 * MIB // 4], [1, MIB // 4]]
+    target.abandon(keep_partial=True)
+
+    resumed = LocalTarget.open(path=path, uri="file://" + path, expected=_expected(), relay=relay)
+    assert resumed.resumed_bytes(plan[0]) == 3 * MIB // 4
+    assert resumed.resumed_bytes(plan[1]) == MIB // 4
+    assert resumed.resumed_bytes(plan[2]) == 0
+    assert resumed.sink(plan[0]).received == 3 * MIB // 4
+    resumed.mark_finished(0)
+    state = json.loads(Path(path + STATE_SUFFIX).read_text())
+    assert state["finished_parts"] == [[0, 0]]
+    assert state["partial_parts"] == [[1, MIB // 4]]
+    resumed.abandon(keep_partial=False)

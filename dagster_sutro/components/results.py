@@ -29,11 +29,11 @@ class SutroResourceSettings(dg.Model, dg.Resolvable):
 
     api_url_env_var: str = Field(
         default="SUTRO_API_URL",
-        description="Name of the environment variable that holds the deployment origin.",
+        description="Name of the environment variable that contains the deployment origin.",
     )
     api_key_env_var: str = Field(
         default="SUTRO_API_KEY",
-        description="Name of the environment variable that holds the API key (not the key).",
+        description="Name of the environment variable that contains the API key (not the key).",
     )
     request_timeout_seconds: float | None = Field(
         default=None, description="Timeout of each Sutro API request, in seconds."
@@ -103,9 +103,10 @@ class SutroJobSettings(dg.Model, dg.Resolvable):
         default_factory=lambda: ["sutro"],
         description="Asset key prefix; the job id follows it in each asset key.",
     )
-    observe_cron: str = Field(
+    observe_cron: str | None = Field(
         default=DEFAULT_OBSERVE_CRON,
-        description="Cron schedule on which the artifact's ETag is observed.",
+        description="Cron schedule on which the artifact's ETag is observed; null to observe "
+        "only when an observation is launched by hand.",
     )
     storage_options: dict[str, Any] | None = Field(
         default=None,

@@ -124,6 +124,8 @@ def _serve(arguments: argparse.Namespace) -> int:
             target_size_bytes=arguments.target_size_bytes,
             name="Emulator demo job",
         )
+        # Build the default artifact now, so the first results-url call returns at once.
+        emulator.artifact_path(job_id)
         print(f"export SUTRO_API_URL={emulator.api_url}")
         print(f"export SUTRO_API_KEY={emulator.api_key}")
         print(f"export SUTRO_DEMO_JOB_ID={job_id}", flush=True)

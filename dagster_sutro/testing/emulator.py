@@ -181,7 +181,7 @@ class SutroEmulator:
 
     @property
     def root_dir(self) -> Path | None:
-        """The directory holding the artifacts while the emulator runs."""
+        """The directory that contains the artifacts while the emulator runs."""
         return self._root
 
     @property

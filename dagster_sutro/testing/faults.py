@@ -263,7 +263,7 @@ class FaultController:
     def ignore_range(
         self, *, job_id: str | None = None, times: int | None = None, method: str | None = "GET"
     ) -> FaultRule:
-        """Answer ``Range`` requests with 200 and the full body, as some servers and CDNs do.
+        """Respond to ``Range`` requests with 200 and the full body, as some servers and CDNs do.
 
         Args:
             job_id: Only objects of this job, or every object when ``None``.
@@ -275,7 +275,7 @@ class FaultController:
     def wrong_content_range(
         self, *, job_id: str | None = None, times: int | None = 1, method: str | None = "GET"
     ) -> FaultRule:
-        """Answer a ``Range`` request with 206 for a different range than the one requested.
+        """Respond to a ``Range`` request with 206 for a different range than the one requested.
 
         The server sends the bytes of the range it declares in ``Content-Range``: the
         requested range shifted by its own length (towards the start when it can, otherwise
@@ -301,7 +301,7 @@ class FaultController:
         job_id: str | None = None,
         method: str | None = None,
     ) -> FaultRule:
-        """Answer the next ``len(codes)`` matching requests with these statuses, in order.
+        """Respond to the next ``len(codes)`` matching requests with these statuses, in order.
 
         Storage errors are S3 XML (503 is ``SlowDown``, 500 ``InternalError``, other 5xx
         ``ServiceUnavailable``). API errors are FastAPI JSON ``{"detail": ...}`` for 429, 500
@@ -312,7 +312,8 @@ class FaultController:
         Args:
             codes: The statuses, one per request, for example ``[503, 503]``.
             server: ``"storage"`` or ``"api"``.
-            path_contains: Only requests whose path contains this text.
+            path_contains: Only requests whose path contains this text. Storage paths are
+                matched percent-decoded (``/sutro-data/jobs/.../...~inputs=1~...``).
             retry_after: Seconds for a ``Retry-After`` header.
             times: How many times to play the whole sequence. ``None`` plays it once.
             job_id: Only requests that concern this job.
@@ -340,7 +341,7 @@ class FaultController:
     def api_html_error(
         self, status: int = 502, *, path_contains: str | None = None, times: int | None = 1
     ) -> FaultRule:
-        """Answer API requests with a Cloudflare-style HTML error page instead of JSON.
+        """Respond to API requests with a Cloudflare-style HTML error page instead of JSON.
 
         Args:
             status: The HTTP status of the page.
@@ -359,7 +360,7 @@ class FaultController:
     def api_malformed_json(
         self, *, path_contains: str | None = None, times: int | None = 1
     ) -> FaultRule:
-        """Answer API requests with 200 and JSON that lacks the expected fields.
+        """Respond to API requests with 200 and JSON that lacks the expected fields.
 
         Args:
             path_contains: Only requests whose path contains this text.
@@ -374,7 +375,7 @@ class FaultController:
         )
 
     def api_not_json(self, *, path_contains: str | None = None, times: int | None = 1) -> FaultRule:
-        """Answer API requests with 200 and a body that is not JSON.
+        """Respond to API requests with 200 and a body that is not JSON.
 
         Args:
             path_contains: Only requests whose path contains this text.
@@ -489,7 +490,7 @@ class FaultController:
             self._discard(rule)
 
     def is_active(self, rule: FaultRule) -> bool:
-        """Whether ``rule`` is registered."""
+        """Return whether ``rule`` is registered."""
         with self._lock:
             return any(existing is rule for existing in self._rules)
 

@@ -1,11 +1,10 @@
 """AWS Signature Version 4 presigned URLs: signing with botocore, verification from scratch.
 
-The emulator signs URLs exactly as an S3-compatible store's SDK does (botocore's
-``S3SigV4QueryAuth``, region ``auto``, service ``s3``, ``X-Amz-SignedHeaders=host``), but at
-the emulator clock's time. Verification recomputes the signature from the request the storage
-server received, following the query-string authentication rules of S3's SigV4
-documentation ("Authenticating Requests: Using Query Parameters"), so that a request differing
-in method, path, query or signed headers from the one signed fails as it does on S3 and R2.
+The emulator signs URLs with botocore's ``S3SigV4QueryAuth`` (region ``auto``, service ``s3``,
+``X-Amz-SignedHeaders=host``), as an S3 or R2 SDK does, but at the emulator clock's time.
+Verification recomputes the signature from the request the storage server received, with its
+own implementation of the canonical request. A request whose method, path, query or signed
+headers differ from the signed ones therefore fails, as it does on S3 and R2.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ SERVICE = "s3"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_EXPIRES_SECONDS = 604800
 
-# S3 accepts a presigned URL whose X-Amz-Date is up to 15 minutes in the future (clock skew).
+# How far in the future X-Amz-Date may lie before a request is rejected as not yet valid.
 ALLOWED_CLOCK_SKEW_SECONDS = 900
 
 _REQUIRED_PARAMETERS = (

@@ -1,8 +1,8 @@
 """The emulated object store: S3-style, path-style URLs, SigV4 presigned GET and HEAD.
 
-Every request is verified as S3 and R2 verify presigned requests: a request carrying an
-``Authorization`` header or the Sutro API key gets 400, an unsigned ``x-amz-*`` header gets
-403, a method, path, query or host that differs from the signed one gets 403
+Every request is verified as S3 and R2 verify presigned requests. A request carrying an
+``Authorization`` header or the Sutro API key gets 400, and an unsigned ``x-amz-*`` header
+gets 403. A method, path, query or host that differs from the signed one gets 403
 ``SignatureDoesNotMatch``, and an expired URL gets 403 ``AccessDenied``. Objects are served
 with ``Content-Length``, ``ETag``, ``Last-Modified`` and ``Accept-Ranges``, support single
 byte ranges and the ``If-Match``, ``If-None-Match`` and ``If-Range`` conditions, and are
@@ -12,7 +12,6 @@ streamed with ``sendfile`` unless a fault or the bandwidth cap needs a write loo
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import socket
 import struct
@@ -34,7 +33,7 @@ from dagster_sutro.testing.store import BUCKET, ArtifactFlags, StoredObject
 SENDFILE_CHUNK_BYTES = 16 * 1024 * 1024
 # Slices of the write loop used when a fault or the bandwidth cap shapes the body.
 WRITE_SLICE_BYTES = 256 * 1024
-# Longest wait for the kernel to deliver queued bytes before a reset discards them.
+# Maximum wait for the kernel to deliver queued bytes before a reset discards them.
 RESET_DRAIN_TIMEOUT_SECONDS = 1.0
 
 _STATUS_ERRORS = {
@@ -96,7 +95,9 @@ class StorageRequestHandler(EmulatorRequestHandler):
         job_id = located[0] if located else None
         record.set_job_id(job_id)
 
-        status_fault = self.state.faults.take_status("storage", self.command, key, job_id)
+        status_fault = self.state.faults.take_status(
+            "storage", self.command, unquote(self.raw_path), job_id
+        )
         if status_fault is not None:
             code, message = _STATUS_ERRORS.get(
                 status_fault.status, ("ServiceUnavailable", "Service is unable to handle request.")
@@ -309,7 +310,6 @@ class StorageRequestHandler(EmulatorRequestHandler):
         slice_limit = WRITE_SLICE_BYTES
         if rate is not None:
             slice_limit = max(1, min(WRITE_SLICE_BYTES, int(rate / 10)))
-        fd = file.fileno()
         sent = 0
 
         while sent < length:
@@ -327,7 +327,8 @@ class StorageRequestHandler(EmulatorRequestHandler):
             if budget is not None and budget > 0:
                 size = min(size, budget)
 
-            data = os.pread(fd, size, start + sent)
+            file.seek(start + sent)
+            data = file.read(size)
             if not data:
                 break
             if rate is not None:

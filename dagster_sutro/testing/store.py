@@ -85,7 +85,7 @@ class StoredObject:
         flags: The include flags it was built for.
         key: The object key inside the ``sutro-data`` bucket.
         filename: The last part of ``key``.
-        path: The file on disk that holds the bytes.
+        path: The file on disk that contains the bytes.
         size: The object size in bytes.
         etag: The S3-style ETag, quotes included.
         last_modified: Build time on the emulator clock, in seconds since the epoch.

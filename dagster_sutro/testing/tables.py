@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import hashlib
 import json
-import os
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +25,13 @@ INPUTS_COLUMN = "inputs"
 OUTPUTS_COLUMN = "outputs"
 LOGPROBS_COLUMN = "cumulative_logprobs"
 
-# S3 computes a plain MD5 ETag for single-part uploads. Objects above this size are treated as
-# multipart uploads with MULTIPART_PART_SIZE_BYTES parts, as boto3's default transfer config does.
+# S3 gives single-part uploads the MD5 of their content as ETag. The emulator treats objects
+# above this size as multipart uploads with 8 MiB parts, s3transfer's default multipart_chunksize.
 MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
 MULTIPART_PART_SIZE_BYTES = 8 * 1024 * 1024
 
 # Sized artifacts: each output is a JSON object around this many hex characters, and each row
-# group holds about this many bytes unless the caller sets row_group_size.
+# group contains about this many bytes unless the caller sets row_group_size.
 SIZED_OUTPUT_HEX_CHARS = 4096
 SIZED_ROW_GROUP_BYTES = 8 * 1024 * 1024
 _SIZED_OUTPUT_PREFIX = b'{"content": "'
@@ -231,18 +230,15 @@ def compute_s3_etag(path: Path) -> str:
         return '"' + hashlib.md5(path.read_bytes()).hexdigest() + '"'
 
     part_count = -(-size // MULTIPART_PART_SIZE_BYTES)
-    fd = os.open(path, os.O_RDONLY)
-    try:
 
-        def part_digest(index: int) -> bytes:
-            data = os.pread(fd, MULTIPART_PART_SIZE_BYTES, index * MULTIPART_PART_SIZE_BYTES)
-            return hashlib.md5(data).digest()
+    def part_digest(index: int) -> bytes:
+        with path.open("rb") as file:
+            file.seek(index * MULTIPART_PART_SIZE_BYTES)
+            return hashlib.md5(file.read(MULTIPART_PART_SIZE_BYTES)).digest()
 
-        # hashlib releases the GIL on large inputs, so two threads hash two parts at once.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            digests = list(pool.map(part_digest, range(part_count)))
-    finally:
-        os.close(fd)
+    # hashlib releases the GIL on large inputs, so two threads hash two parts at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = list(pool.map(part_digest, range(part_count)))
     return '"' + hashlib.md5(b"".join(digests)).hexdigest() + f'-{part_count}"'
 
 

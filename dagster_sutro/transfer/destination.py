@@ -21,7 +21,7 @@ READ_ONLY_PROTOCOLS = ("http", "https")
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a downloaded artifact is published: an fsspec filesystem and a path on it.
+    """The place a downloaded artifact is published to: an fsspec filesystem and a path.
 
     Create it with :func:`resolve_destination`.
 
@@ -113,7 +113,7 @@ def resolve_destination(
     """Validate a destination and resolve it to an fsspec filesystem, with no network request.
 
     A destination ending in ``/`` (or a bare ``s3://bucket``) is a directory that receives
-    the artifact under its own file name; any other value is the file path itself. For
+    the artifact under its own file name. Any other value is the file path itself. For
     ``s3://`` destinations the filesystem is created with ``fixed_upload_size=True``, so
     every multipart upload part but the last has the same size, which Cloudflare R2
     requires.

@@ -1,9 +1,9 @@
 """The download of one artifact: plan, fetch parts in parallel, check, publish.
 
-The steps are: HEAD for the ETag and size (unless the caller did it), a plan of equal
-ranged parts, a pool of workers that fetch the parts pinned to the ETag, then the size and
-Parquet checks, and only then the publish. Local destinations are written part by part at
-their offsets and can resume after a crash; other destinations receive the bytes in order.
+A download sends HEAD for the ETag and size (unless the caller did), plans equal ranged
+parts and fetches them on a pool of workers, each GET pinned to the ETag. The size and
+Parquet checks run before anything is published. Local destinations are written part by part
+at their offsets and can resume after a crash. Other destinations receive the bytes in order.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def head_artifact(
 
     The request goes to ``urls.head_url`` only, because a SigV4 signature covers the HTTP
     method and a HEAD on the GET URL is rejected by S3 and R2. Connection failures and 5xx
-    answers are retried with backoff.
+    responses are retried with backoff.
 
     Args:
         urls: The presigned URLs from results-url.
@@ -125,9 +125,9 @@ def download_artifact(
     API's ``size_bytes``, and the Parquet magic bytes and footer must check out.
 
     A local destination is written to ``<path>.sutro-partial`` with a state file beside it,
-    so a killed download resumes with the parts it had finished. Other destinations receive
-    the bytes in order; ``s3://`` gets a multipart upload with equal parts that is completed
-    only after the checks and aborted on failure.
+    so a killed download resumes with the bytes it had written. Other destinations receive
+    the bytes in order. For ``s3://`` that is a multipart upload with equal parts, which is
+    completed only after the checks pass and aborted on any failure.
 
     Args:
         get_urls: Calls results-url again; used for fresh URLs when they expire.
@@ -190,7 +190,7 @@ def download_artifact(
 
 
 class _TargetSink:
-    """Feeds a single stream into a streamed destination; a reset reopens it empty."""
+    """Feeds a single stream into a streamed destination. A reset reopens it empty."""
 
     def __init__(self, target: StreamTarget) -> None:
         self._target = target
@@ -290,8 +290,8 @@ class _ArtifactDownload:
         new_head = self._fetcher.head()
         if new_head.etag == head.etag:
             raise StorageError(
-                f"{error} Yet HEAD still reports ETag {head.etag}, so storage answers "
-                "conditional requests inconsistently; the download stopped.",
+                f"{error} Yet HEAD still returns ETag {head.etag}, so storage handles "
+                "conditional requests inconsistently and the download stopped.",
                 status_code=error.status_code,
                 code=error.code,
             )
@@ -340,13 +340,15 @@ class _ArtifactDownload:
         )
         target = LocalTarget.open(path=path, uri=uri, expected=expected, relay=self._relay)
         finished = {index for index in target.finished_parts if index < plan.count}
-        resumed_bytes = sum(plan[index].length for index in finished)
+        started = [index for index in target.state.partial_parts if index < plan.count]
+        resumed_bytes = sum(target.resumed_bytes(plan[index]) for index in (*finished, *started))
         self._progress.restart(total_bytes=plan.size, done_bytes=resumed_bytes)
         self._log_start(plan, head, uri)
-        if finished:
+        if resumed_bytes:
             self._relay.info(
-                f"Resuming {self._label}: {len(finished)} of {plan.count} parts "
-                f"({format_mib(resumed_bytes)}) are already in {target.partial_path}."
+                f"Resuming {self._label}: {format_mib(resumed_bytes)} are already in "
+                f"{target.partial_path} ({len(finished)} of {plan.count} parts complete, "
+                f"{len(started)} partly written)."
             )
 
         try:
@@ -429,7 +431,7 @@ class _ArtifactDownload:
 
         Parts are submitted in order while fewer than ``max_concurrency`` run and
         ``can_submit`` allows. ``on_done`` runs on this thread for each finished part. On the
-        first failure the other parts are cancelled; with ``salvage`` the parts that still
+        first failure the other parts are cancelled. With ``salvage``, the parts that still
         finish meanwhile are passed to ``on_done`` too, so a resume can skip them.
         """
         concurrency = self._settings.max_concurrency

@@ -22,7 +22,7 @@ from dagster_sutro.transfer.urls import UrlSource
 
 
 class RangeSink(Protocol):
-    """Where the bytes of one range go, and how many of them have arrived."""
+    """The receiver of one range's bytes, with the count of bytes that arrived."""
 
     received: int
 
@@ -72,9 +72,9 @@ def backoff_seconds(settings: TransferSettings, attempt: int, retry_after: float
 class Fetcher:
     """Fetches byte ranges of one artifact version, retrying what a new request can fix.
 
-    Broken connections, stalls, short bodies and 5xx answers are retried from the last byte
-    received, up to ``max_attempts_per_part`` attempts; an expired URL is refreshed through
-    the shared :class:`UrlSource` without counting as an attempt. Every other answer
+    Broken connections, stalls, short bodies and 5xx responses are retried from the last
+    byte received, up to ``max_attempts_per_part`` attempts. An expired URL is refreshed
+    through the shared :class:`UrlSource` without counting as an attempt. Every other error
     (412, a 200 to a ranged request, 403, 404) is raised at once for the engine to handle.
 
     Call :meth:`pin` with the version's ETag and size before fetching ranges.

@@ -2,9 +2,11 @@
 
 The partial file ``<destination>.sutro-partial`` sits beside the destination, so the final
 ``os.replace`` is an atomic rename on the same filesystem. The state file
-``<destination>.sutro-partial.json`` records which parts are complete, for which artifact
-(a SHA-256 of bucket and key), ETag, size and part size. It never holds a URL. After a
-process is killed, the next download of the same version skips the recorded parts.
+``<destination>.sutro-partial.json`` records which parts are complete and how far the
+unfinished ones got, for which artifact (a SHA-256 of bucket and key), ETag, size and part
+size. It never contains a URL. It is rewritten when a part completes and after every
+``part_size`` bytes written, so after a process is killed the next download of the same
+version fetches the missing bytes plus less than one part.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dagster_sutro.errors import DestinationError, DownloadError
@@ -43,6 +46,8 @@ class ResumeState:
         size: The artifact size.
         part_size: The part size that numbers the parts.
         finished_parts: The indices of the parts that are completely written.
+        partial_parts: For parts that are partly written, the number of bytes written
+            from the part's start.
     """
 
     key_sha256: str
@@ -50,6 +55,7 @@ class ResumeState:
     size: int
     part_size: int
     finished_parts: set[int] = field(default_factory=set)
+    partial_parts: dict[int, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Serialize the state; finished parts are stored as inclusive index ranges."""
@@ -62,6 +68,9 @@ class ResumeState:
                 "size": self.size,
                 "part_size": self.part_size,
                 "finished_parts": _to_ranges(self.finished_parts),
+                "partial_parts": sorted(
+                    [index, written] for index, written in self.partial_parts.items() if written
+                ),
             },
             separators=(",", ":"),
         )
@@ -83,14 +92,20 @@ class ResumeState:
             if not (isinstance(first, int) and isinstance(last, int) and 0 <= first <= last):
                 raise ValueError("invalid part range")
             finished.update(range(first, last + 1))
-        state = cls(
+        partial: dict[int, int] = {}
+        for index, written in data.get("partial_parts", []):
+            if not (isinstance(index, int) and isinstance(written, int) and index >= 0):
+                raise ValueError("invalid partial part")
+            if written > 0 and index not in finished:
+                partial[index] = written
+        return cls(
             key_sha256=str(data["key_sha256"]),
             etag=str(data["etag"]),
             size=int(data["size"]),
             part_size=int(data["part_size"]),
             finished_parts=finished,
+            partial_parts=partial,
         )
-        return state
 
     def mismatch(self, expected: ResumeState) -> str | None:
         """Return why this state cannot be resumed for ``expected``, or ``None``."""
@@ -119,13 +134,31 @@ def _to_ranges(indices: Iterable[int]) -> list[list[int]]:
 
 
 class FileRangeSink:
-    """Writes one range's bytes into the partial file at their offsets with ``os.pwrite``."""
+    """Writes one range's bytes into the partial file at their offsets with ``os.pwrite``.
 
-    def __init__(self, fd: int, offset: int, uri: str) -> None:
+    Args:
+        fd: The partial file.
+        offset: The offset of the range's first byte.
+        uri: The destination URI, for messages.
+        received: The bytes of the range already in the file, from an earlier run.
+        on_write: Called with the total written after each write, once the bytes are in
+            the file.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        uri: str,
+        *,
+        received: int = 0,
+        on_write: Callable[[int], None] | None = None,
+    ) -> None:
         self._fd = fd
         self._offset = offset
         self._uri = uri
-        self.received = 0
+        self._on_write = on_write
+        self.received = received
 
     def write(self, data: bytes) -> None:
         """Write the next bytes of the range at their offset.
@@ -148,6 +181,8 @@ class FileRangeSink:
         if failure is not None:
             raise failure
         self.received += len(data)
+        if self._on_write is not None:
+            self._on_write(self.received)
 
     def reset(self) -> None:
         """Start over at the range's first byte; the bytes on disk get overwritten."""
@@ -172,11 +207,21 @@ class LocalTarget:
         self.state = state
         self._relay = relay
         self._state_enabled = True
+        # Workers report progress from their threads, and the main thread records
+        # finished parts, so the state and its file are guarded by one lock.
+        self._lock = threading.Lock()
+        self._unrecorded_bytes = 0
 
     @property
     def finished_parts(self) -> set[int]:
         """The parts already in the partial file."""
         return self.state.finished_parts
+
+    def resumed_bytes(self, part: Part) -> int:
+        """Return how many bytes of ``part`` are already in the partial file."""
+        if part.index in self.state.finished_parts:
+            return part.length
+        return min(self.state.partial_parts.get(part.index, 0), part.length)
 
     @classmethod
     def open(cls, *, path: str, uri: str, expected: ResumeState, relay: LogRelay) -> LocalTarget:
@@ -253,14 +298,33 @@ class LocalTarget:
         self._write_state()
 
     def sink(self, part: Part) -> FileRangeSink:
-        """Return the sink that writes ``part`` at its offset."""
-        return FileRangeSink(self._fd, part.start, self.uri)
+        """Return the sink that writes ``part`` at its offset, after its resumed bytes."""
+        return FileRangeSink(
+            self._fd,
+            part.start,
+            self.uri,
+            received=self.resumed_bytes(part),
+            on_write=lambda written: self._note_progress(part.index, written),
+        )
 
     def mark_finished(self, index: int) -> None:
         """Record a complete part in the state file, atomically."""
-        self.state.finished_parts.add(index)
-        if self._state_enabled:
-            self._write_state()
+        with self._lock:
+            self.state.finished_parts.add(index)
+            self.state.partial_parts.pop(index, None)
+            if self._state_enabled:
+                self._write_state()
+                self._unrecorded_bytes = 0
+
+    def _note_progress(self, index: int, written: int) -> None:
+        """Record how far a part got, rewriting the state file every ``part_size`` bytes."""
+        with self._lock:
+            previous = self.state.partial_parts.get(index, 0)
+            self.state.partial_parts[index] = written
+            self._unrecorded_bytes += max(0, written - previous)
+            if self._state_enabled and self._unrecorded_bytes >= self.state.part_size:
+                self._write_state()
+                self._unrecorded_bytes = 0
 
     def begin_single_stream(self) -> None:
         """Stop recording parts, for a download that restarts from byte 0 after any break.
@@ -268,15 +332,17 @@ class LocalTarget:
         The state file is removed, because the single stream rewrites every byte and a
         state file kept from the ranged download would outlive the bytes it describes.
         """
-        self._state_enabled = False
-        self.state.finished_parts.clear()
-        _remove_quietly(self.state_path)
+        with self._lock:
+            self._state_enabled = False
+            self.state.finished_parts.clear()
+            self.state.partial_parts.clear()
+            _remove_quietly(self.state_path)
 
     def publish(self, *, verify_parquet: bool, label: str) -> None:
         """Check the partial file and move it onto the destination.
 
         The size must equal the artifact size, and with ``verify_parquet`` the magic bytes
-        and the footer must check out; then the file is flushed to disk, renamed onto the
+        and the footer must check out. Then the file is flushed to disk, renamed onto the
         destination in one step, and the state file is removed.
 
         Raises:

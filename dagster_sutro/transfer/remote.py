@@ -59,7 +59,7 @@ class StreamTarget:
 
     def open(self) -> None:
         """Open the writer."""
-        self._file = self._wrap(lambda: self._open_file(), "Opening")
+        self._file = self._wrap(self._open_file, "Opening")
         self._head = b""
         self.tail.clear()
 

@@ -30,7 +30,7 @@ class TransferSettings:
         max_concurrency: The number of parts fetched in parallel, 1 to 64. For a destination
             that is not a local file, at most this many parts are held in memory.
         connect_timeout_seconds: The timeout of opening a connection to storage.
-        read_timeout_seconds: The longest wait for the next bytes of a response. It is an idle
+        read_timeout_seconds: The maximum wait for the next bytes of a response. It is an idle
             timeout, never a limit on the total time of a request.
         max_attempts_per_part: The attempts of each part before the download fails, counting
             the first one. Retries continue from the last byte received.

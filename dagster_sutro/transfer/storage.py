@@ -62,11 +62,11 @@ class ExpiredUrlError(StorageError):
 
 
 class PreconditionFailedError(StorageError):
-    """Storage answered 412 to ``If-Match``, or sent another ETag: the object was replaced."""
+    """Storage returned 412 for ``If-Match``, or another ETag, because the object was replaced."""
 
 
 class RangeNotHonoredError(StorageError):
-    """Storage answered a ranged GET with 200 and the whole object."""
+    """Storage returned 200 and the whole object for a ranged GET."""
 
 
 class TransferCancelledError(SutroError):
@@ -167,7 +167,7 @@ class StorageClient:
 
         A 206 must carry exactly the requested ``Content-Range`` and length. A 200 is accepted
         only when the request covers the whole object from byte 0, because then the full body
-        is exactly the bytes requested; any other 200 raises :class:`RangeNotHonoredError`.
+        is exactly the bytes requested. Any other 200 raises :class:`RangeNotHonoredError`.
 
         Args:
             url: The presigned URL signed for GET.
@@ -232,7 +232,7 @@ class StorageClient:
             raise _error_for_response(response, "GET", label, expires_at)
 
         sent_etag = response.headers.get("ETag")
-        if sent_etag is not None and sent_etag != etag:
+        if sent_etag is not None and _etag_value(sent_etag) != _etag_value(etag):
             raise PreconditionFailedError(
                 f"Storage sent ETag {sent_etag} for {label} while the download is pinned to "
                 f"{etag}: the artifact was replaced.",
@@ -243,8 +243,8 @@ class StorageClient:
         if status == 200:
             if start != 0 or end != size - 1:
                 raise RangeNotHonoredError(
-                    f"Storage answered the ranged GET {requested} of {label} with 200 and the "
-                    "whole object, so it does not support Range requests.",
+                    f"Storage returned 200 and the whole object for the ranged GET {requested} of "
+                    f"{label}, so it does not support Range requests.",
                     status_code=200,
                 )
             _check_content_length(response, size, label, requested)
@@ -253,14 +253,11 @@ class StorageClient:
         content_range = response.headers.get("Content-Range", "")
         match = _CONTENT_RANGE.match(content_range)
         expected_range = f"bytes {start}-{end}/{size}"
-        if match is None or (
-            int(match[1]),
-            int(match[2]),
-            match[3],
-        ) != (start, end, str(size)):
+        received_range = None if match is None else (int(match[1]), int(match[2]), match[3])
+        if received_range != (start, end, str(size)):
             raise RetryableStorageError(
-                f"Storage answered {requested} of {label} with Content-Range "
-                f"{content_range!r} instead of {expected_range!r}; the response was discarded.",
+                f"Storage returned Content-Range {content_range!r} instead of "
+                f"{expected_range!r} for {requested} of {label}, so the response was discarded.",
                 status_code=206,
                 code="InvalidContentRange",
             )
@@ -273,7 +270,7 @@ class StorageClient:
         register_presigned_url(url)
         all_headers = {
             "Accept-Encoding": "identity",
-            # urllib3 adds "User-Agent: python-urllib3/..." unless told to skip it.
+            # urllib3 adds "User-Agent: python-urllib3/..." unless the header is set to SKIP_HEADER.
             "User-Agent": urllib3.util.SKIP_HEADER,
             **headers,
         }
@@ -398,6 +395,11 @@ class BodyStream:
         self.close()
 
 
+def _etag_value(etag: str) -> str:
+    """Strip the quotes and a weak-validator prefix, which proxies may add or drop."""
+    return etag.strip().removeprefix("W/").strip('"')
+
+
 def _check_content_length(
     response: requests.Response, expected: int, label: str, requested: str
 ) -> None:
@@ -406,8 +408,8 @@ def _check_content_length(
         return
     if not value.strip().isdigit() or int(value) != expected:
         raise RetryableStorageError(
-            f"Storage answered {requested} of {label} with Content-Length {value!r} instead "
-            f"of {expected}; the response was discarded.",
+            f"Storage returned Content-Length {value!r} instead of {expected} for {requested} "
+            f"of {label}, so the response was discarded.",
             status_code=response.status_code,
             code="InvalidContentLength",
         )
@@ -417,14 +419,14 @@ def _parse_head(response: requests.Response, label: str) -> ArtifactHead:
     etag = response.headers.get("ETag")
     if not etag:
         raise StorageError(
-            f"Storage answered HEAD of {label} without an ETag, so the download cannot be "
+            f"Storage returned no ETag for HEAD of {label}, so the download cannot be "
             "pinned to one version.",
             status_code=response.status_code,
         )
     length = response.headers.get("Content-Length", "")
     if not length.strip().isdigit():
         raise StorageError(
-            f"Storage answered HEAD of {label} with Content-Length {length!r}, not a size.",
+            f"Storage returned Content-Length {length!r} for HEAD of {label}, not a size.",
             status_code=response.status_code,
         )
     last_modified = None
@@ -453,7 +455,7 @@ def _read_error_body(response: requests.Response) -> str:
 def _error_for_response(
     response: requests.Response, method: str, label: str, expires_at: float | None
 ) -> StorageError:
-    """Turn an error status into the exception that tells the engine what to do next."""
+    """Map an error status to the exception class that selects the engine's next step."""
     status = response.status_code
     body = _read_error_body(response)
     code_match = _XML_CODE.search(body)
@@ -496,7 +498,7 @@ def _error_for_response(
         )
     if status == 403:
         return StorageError(
-            f"{what}. Storage refused the presigned URL; check that nothing between this "
+            f"{what}. Storage rejected the presigned URL. Check that nothing between this "
             "machine and storage (a proxy) adds headers or rewrites the URL, then run again.",
             status_code=status,
             code=code,

@@ -5,11 +5,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
 
 from dagster_sutro.errors import DownloadError, StorageError
 from dagster_sutro.models import ResultsDownloadUrl
 from dagster_sutro.redaction import register_presigned_url
 from dagster_sutro.transfer.progress import LogRelay, format_duration
+
+
+def lifetime_seconds(urls: ResultsDownloadUrl) -> float:
+    """Return the lifetime that the GET URL was signed with (``X-Amz-Expires``).
+
+    The signed lifetime can be shorter than the ``expires_in_seconds`` that the API echoes,
+    so the URL's own value is preferred.
+    """
+    query = {name.lower(): value for name, value in parse_qsl(urlsplit(urls.get_url).query)}
+    try:
+        return float(int(query["x-amz-expires"]))
+    except (KeyError, ValueError):
+        return float(urls.expires_in_seconds)
 
 
 def register_urls(urls: ResultsDownloadUrl) -> None:
@@ -21,9 +35,9 @@ def register_urls(urls: ResultsDownloadUrl) -> None:
 class UrlSource:
     """Holds the current URLs and replaces them once per expiry, however many workers ask.
 
-    Each set of URLs has a generation number. A worker that saw generation ``g`` fail asks
-    for a refresh of ``g``, and only the first such request calls ``get_urls``; the others
-    find a newer generation and reuse it. Refreshes in a row without a successful storage
+    Each set of URLs has a generation number. A worker that saw generation ``g`` fail
+    requests a refresh of ``g``. Only the first such request calls ``get_urls``, and the
+    others find a newer generation and reuse it. Refreshes in a row without a successful storage
     request in between are bounded, so URLs that keep failing end the download with a clear
     error instead of a loop.
 
@@ -63,12 +77,13 @@ class UrlSource:
     def current(self) -> tuple[ResultsDownloadUrl, int]:
         """Return the current URLs and their generation, refreshing them if they expire soon.
 
-        The margin is ``refresh_margin_seconds``, or half the URLs' lifetime when that is
-        shorter, so that URLs with a short lifetime are still used before they are replaced.
+        The margin is ``refresh_margin_seconds``, or half the URLs' signed lifetime when that
+        is shorter, so that URLs with a short lifetime are still used before they are
+        replaced.
         """
         with self._lock:
             urls, generation = self._urls, self._generation
-        margin = min(self._margin_seconds, urls.expires_in_seconds / 2)
+        margin = min(self._margin_seconds, lifetime_seconds(urls) / 2)
         remaining = urls.expires_at - time.time()
         if remaining < margin:
             self.refresh(
@@ -139,7 +154,7 @@ class UrlSource:
             self._generation += 1
 
     def fetch_fresh(self) -> ResultsDownloadUrl:
-        """Call results-url once and use its answer, outside the refresh bound."""
+        """Call results-url once and use the URLs it returns, outside the refresh bound."""
         fresh = self._get_urls()
         self.replace(fresh)
         return fresh
