@@ -9,6 +9,7 @@ Samples taken while the child imports its modules are left out.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -16,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.measure import ToolFailedError
+from benchmarks.measure import ToolFailedError, find_program
 from benchmarks.tools import REPOSITORY_ROOT, Artifact, DownloadTools
 from dagster_sutro.redaction import redact_text
 
@@ -70,8 +71,6 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
 
 def find_py_spy() -> str | None:
     """Return the py-spy program, or ``None`` when it is not installed."""
-    from benchmarks.measure import find_program
-
     return find_program("py-spy")
 
 
@@ -126,12 +125,13 @@ def profile_sutro(
         if completed.returncode != 0 or not result_path.exists():
             tail = "\n".join(redact_text(completed.stderr).strip().splitlines()[-10:])
             raise ToolFailedError(f"py-spy exited with status {completed.returncode}:\n{tail}")
-        import json
-
         seconds = float(json.loads(result_path.read_text(encoding="utf-8"))["seconds"])
         stacks = _read_raw(raw_path.read_text(encoding="utf-8"))
 
-    shown_command = " ".join(command[:9]) + " -- python -m benchmarks.children sutro ..."
+    shown_command = (
+        f"py-spy record --format raw --nonblocking --rate {SAMPLES_PER_SECOND} -o <file> -- "
+        "python -m benchmarks.children sutro ..."
+    )
     return summarize(stacks, label=label, command=shown_command, seconds=seconds)
 
 

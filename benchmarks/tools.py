@@ -61,6 +61,7 @@ class Measurement:
         setting: ``loopback``, ``throttled`` or ``s3``.
         tool: The tool's name, one of the module constants.
         size_bytes: The artifact size.
+        size_label: The requested artifact size, for example ``"256 MiB"``.
         repetition: The repetition number, from 0.
         seconds: The time the throughput is computed from: the download until the file is
             durable (Python tools: timed inside the process; other tools: the process's wall
@@ -70,7 +71,8 @@ class Measurement:
         peak_rss_bytes: The downloading process's maximum resident set size.
         rss_after_imports_bytes: For Python tools, the resident set size after the imports,
             before the download started.
-        cpu_seconds: User plus system CPU time of the downloading process.
+        cpu_seconds: User plus system CPU time of the downloading process; for the Python
+            tools only that of the download, measured inside the process.
         server_cpu_seconds: CPU time of the benchmark process meanwhile, which runs the
             emulator and moto's server.
         phases: Seconds per step, for tools with more than one.
@@ -79,6 +81,7 @@ class Measurement:
     setting: str
     tool: str
     size_bytes: int
+    size_label: str
     repetition: int
     seconds: float
     wall_seconds: float
@@ -101,11 +104,23 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One served artifact of the benchmark."""
+    """One served artifact of the benchmark.
+
+    Attributes:
+        job_id: The emulator job that serves it.
+        path: The served file.
+        size_bytes: Its size; the emulator reaches the requested size approximately.
+        label: The requested size, for example ``"256 MiB"``.
+        etag: Its ETag, quotes included.
+        build_seconds: How long the emulator took to build it.
+    """
 
     job_id: str
     path: Path
     size_bytes: int
+    label: str
+    etag: str
+    build_seconds: float
 
 
 class DownloadTools:
@@ -164,13 +179,14 @@ class DownloadTools:
             setting=setting,
             tool=tool,
             size_bytes=artifact.size_bytes,
+            size_label=artifact.label,
             repetition=repetition,
             seconds=seconds,
             wall_seconds=usage.wall_seconds,
             fsync_seconds=child.get("fsync_seconds", 0.0),
             peak_rss_bytes=usage.peak_rss_bytes,
             rss_after_imports_bytes=child.get("rss_after_imports_bytes"),
-            cpu_seconds=usage.cpu_seconds,
+            cpu_seconds=child.get("cpu_seconds", usage.cpu_seconds),
             server_cpu_seconds=server_cpu,
             phases=child.get("phases", {}),
         )
@@ -268,7 +284,9 @@ class DownloadTools:
     def _run_child(
         self, tool: str, artifact: Artifact, arguments: list[str]
     ) -> tuple[ProcessUsage, dict[str, Any]]:
-        descriptor, result_name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=self.workdir)
+        descriptor, result_name = tempfile.mkstemp(
+            prefix="result-", suffix=".json", dir=self.workdir
+        )
         os.close(descriptor)
         result_path = Path(result_name)
         try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import json
+import logging
 import os
 import signal
 import socket
@@ -1101,7 +1101,7 @@ def test_short_lived_urls_not_refreshed_early(server: ObjectServer, tmp_path: Pa
     assert calls == []
 
 
-def test_single_part_accepts_full_body_answer(tmp_path: Path):
+def test_single_part_accepts_full_body(tmp_path: Path):
     data = make_parquet_of_size(MIB // 2)
     with ObjectServer(data) as server:
         server.set_fault(lambda request, index: Fault(ignore_range=True))
@@ -1111,7 +1111,7 @@ def test_single_part_accepts_full_body_answer(tmp_path: Path):
         gets = _get_requests(server)
 
     assert (tmp_path / "a.parquet").read_bytes() == data
-    # The only part covers the whole object, so the 200 answer is exactly what was asked.
+    # The only part covers the whole object, so the 200 response is exactly what was requested.
     assert len(gets) == 1
     assert gets[0].status == 200
 
@@ -1195,7 +1195,7 @@ download_artifact(lambda: urls, spec["destination"], urls=urls, settings=setting
 """
 
 
-def test_killed_process_resumes_with_less_than_one_part_lost(tmp_path: Path):
+def test_killed_download_loses_under_one_part(tmp_path: Path):
     data = make_parquet_of_size(24 * MIB, seed=11)
     part, concurrency = 4 * MIB, 2
     destination = tmp_path / "a.parquet"
@@ -1284,3 +1284,40 @@ def _bytes_written_per_part(partial: bytes, source: bytes, part: int) -> int:
             offset = min(offset + step, end)
         total += offset - start
     return total
+
+
+def test_head_403_refreshes_urls_once(server: ObjectServer, tmp_path: Path):
+    calls: list[int] = []
+
+    def get_urls() -> ResultsDownloadUrl:
+        calls.append(1)
+        return server.urls(signature=CANARY_SIGNATURE[:-5] + "fresh")
+
+    # HEAD errors have no body, so an expired HEAD URL shows as a bare 403.
+    server.set_fault(
+        lambda request, index: (
+            Fault(status=403, code="AccessDenied")
+            if request.method == "HEAD" and "fresh" not in request.path
+            else None
+        )
+    )
+    download_artifact(get_urls, str(tmp_path / "a.parquet"), urls=server.urls(), settings=FAST)
+
+    assert len(calls) == 1
+    assert (tmp_path / "a.parquet").exists()
+
+
+def test_head_403_with_fresh_urls_fails(server: ObjectServer, tmp_path: Path):
+    calls: list[int] = []
+
+    def get_urls() -> ResultsDownloadUrl:
+        calls.append(1)
+        return server.urls()
+
+    server.set_fault(lambda request, index: Fault(status=403, code="AccessDenied"))
+    with pytest.raises(StorageError) as caught:
+        download_artifact(get_urls, str(tmp_path / "a.parquet"), urls=server.urls(), settings=FAST)
+
+    assert caught.value.status_code == 403
+    assert len(calls) == 1
+    assert [request.method for request in server.requests] == ["HEAD", "HEAD"]

@@ -143,8 +143,9 @@ def download_artifact(
             methods. Only the calling thread calls it.
 
     Returns:
-        The published URI, the ETag and size of the version downloaded, the bytes fetched in
-        this call, the time taken and the bytes resumed from an earlier partial download.
+        The published URI, the ETag and size of the version downloaded (the new version after
+        a restart), the bytes fetched in this call, the time taken and the bytes resumed from
+        an earlier partial download.
 
     Raises:
         InvalidInputError: If an argument is invalid.

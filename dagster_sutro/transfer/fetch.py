@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dagster_sutro.errors import StorageError
-from dagster_sutro.models import ArtifactHead
+from dagster_sutro.models import ArtifactHead, ResultsDownloadUrl
 from dagster_sutro.transfer.plan import Part
 from dagster_sutro.transfer.progress import LogRelay, Progress
 from dagster_sutro.transfer.settings import TransferSettings
@@ -19,6 +19,8 @@ from dagster_sutro.transfer.storage import (
     TransferCancelledError,
 )
 from dagster_sutro.transfer.urls import UrlSource
+
+_Result = TypeVar("_Result")
 
 
 class RangeSink(Protocol):
@@ -115,125 +117,149 @@ class Fetcher:
         self.etag = etag
         self.size = size
 
-    def fetch_range(self, part: Part, sink: RangeSink) -> None:
+    def fetch_range(self, part: Part, sink: RangeSink, *, what: str | None = None) -> None:
         """Fetch ``part`` into ``sink``, resuming each retry at the first missing byte.
+
+        Args:
+            part: The byte range.
+            sink: Receives the bytes. The bytes it already contains are not fetched again.
+            what: The range's name in log lines, ``"Part <index> (bytes ...)"`` by default.
 
         Raises:
             StorageError: When the attempts are used up or storage rejects the request.
             TransferCancelledError: When the download was cancelled.
         """
-        attempt = 1
-        while True:
-            self._raise_if_cancelled()
+        label = what or f"Part {part.index} (bytes {part.start}-{part.end}) of {self._label}"
+
+        def fetch_rest(urls: ResultsDownloadUrl) -> None:
             start = part.start + sink.received
             if start > part.end:
                 return
-            urls, generation = self._urls.current()
-            failure: RetryableStorageError | None = None
-            try:
-                body = self._storage.get(
-                    urls.get_url,
-                    label=self._label,
-                    start=start,
-                    end=part.end,
-                    size=self.size,
-                    etag=self.etag,
-                    expires_at=urls.expires_at,
-                )
-                self._urls.mark_success()
-                with body:
-                    for chunk in body.chunks(self.cancel):
-                        sink.write(chunk)
-                        self._progress.add(len(chunk))
-                return
-            except ExpiredUrlError:
-                self._urls.refresh(generation, reason="storage rejected them as expired")
-                continue
-            except RetryableStorageError as error:
-                failure = error
-            self.wait_before_retry(
-                failure,
-                attempt,
-                what=f"Part {part.index} (bytes {part.start}-{part.end}) of {self._label}",
-                resume=f"from byte {part.start + sink.received}",
+            body = self._storage.get(
+                urls.get_url,
+                label=self._label,
+                start=start,
+                end=part.end,
+                size=self.size,
+                etag=self.etag,
+                expires_at=urls.expires_at,
             )
-            attempt += 1
+            self._urls.mark_success()
+            with body:
+                for chunk in body.chunks(self.cancel):
+                    sink.write(chunk)
+                    self._progress.add(len(chunk))
+
+        self._with_retries(
+            fetch_rest, what=label, resume=lambda: f"from byte {part.start + sink.received}"
+        )
 
     def fetch_whole(self, sink: RangeSink, *, on_chunk: Callable[[], None]) -> None:
         """Fetch the whole object in one stream, from byte 0 again after any break.
 
-        This is the mode for servers that ignore ``Range``: a retry cannot continue where
+        This is the mode for servers that ignore ``Range``. A retry cannot continue where
         the last one stopped, so each attempt resets the sink and starts at byte 0.
 
         Args:
             sink: Receives the whole object.
             on_chunk: Called after each chunk, on the calling thread, to log progress.
         """
-        attempt = 1
-        while True:
-            self._raise_if_cancelled()
+
+        def fetch_all(urls: ResultsDownloadUrl) -> None:
             if sink.received:
                 self._progress.rewind(sink.received)
                 sink.reset()
-            urls, generation = self._urls.current()
-            failure: RetryableStorageError | None = None
-            try:
-                body = self._storage.get(
-                    urls.get_url,
-                    label=self._label,
-                    start=0,
-                    end=self.size - 1,
-                    size=self.size,
-                    etag=self.etag,
-                    send_range=False,
-                    expires_at=urls.expires_at,
-                )
-                self._urls.mark_success()
-                with body:
-                    for chunk in body.chunks(self.cancel):
-                        sink.write(chunk)
-                        self._progress.add(len(chunk))
-                        on_chunk()
-                return
-            except ExpiredUrlError:
-                self._urls.refresh(generation, reason="storage rejected them as expired")
-                continue
-            except RetryableStorageError as error:
-                failure = error
-            self.wait_before_retry(
-                failure,
-                attempt,
-                what=f"The single-stream GET of {self._label}",
-                resume="from byte 0",
+            body = self._storage.get(
+                urls.get_url,
+                label=self._label,
+                start=0,
+                end=self.size - 1,
+                size=self.size,
+                etag=self.etag,
+                send_range=False,
+                expires_at=urls.expires_at,
             )
-            attempt += 1
+            self._urls.mark_success()
+            with body:
+                for chunk in body.chunks(self.cancel):
+                    sink.write(chunk)
+                    self._progress.add(len(chunk))
+                    on_chunk()
+
+        self._with_retries(
+            fetch_all, what=f"The single-stream GET of {self._label}", resume=lambda: "from byte 0"
+        )
 
     def fetch_bytes(self, start: int, end: int) -> bytes:
         """Fetch bytes ``start..end`` into memory, as for a Parquet footer."""
         sink = MemorySink()
-        self.fetch_range(Part(index=-1, start=start, end=end), sink)
+        self.fetch_range(
+            Part(index=-1, start=start, end=end),
+            sink,
+            what=f"The GET of bytes {start}-{end} of {self._label}",
+        )
         return sink.getvalue()
 
     def head(self) -> ArtifactHead:
-        """Send HEAD to the current HEAD URL, retrying failures and refreshing on expiry."""
-        attempt = 1
-        while True:
-            self._raise_if_cancelled()
-            urls, generation = self._urls.current()
-            failure: RetryableStorageError | None = None
+        """Send HEAD to the current HEAD URL, retrying failures and refreshing on expiry.
+
+        A HEAD error has no body, so a 403 for an expired URL looks like any other 403. The
+        first such 403 is treated as expiry and the URLs are refreshed once; a second one is
+        raised.
+        """
+        refreshed_for_403 = False
+
+        def send_head(urls: ResultsDownloadUrl) -> ArtifactHead:
+            nonlocal refreshed_for_403
+            ambiguous: StorageError | None = None
             try:
                 head = self._storage.head(
                     urls.head_url, label=self._label, expires_at=urls.expires_at
                 )
-                self._urls.mark_success()
-                return head
+            except (ExpiredUrlError, RetryableStorageError):
+                raise
+            except StorageError as error:
+                if error.status_code != 403 or error.code is not None or refreshed_for_403:
+                    raise
+                ambiguous = error
+            if ambiguous is not None:
+                refreshed_for_403 = True
+                raise ExpiredUrlError(str(ambiguous), status_code=403)
+            self._urls.mark_success()
+            return head
+
+        return self._with_retries(send_head, what=f"HEAD of {self._label}", resume=lambda: "")
+
+    def _with_retries(
+        self,
+        attempt_once: Callable[[ResultsDownloadUrl], _Result],
+        *,
+        what: str,
+        resume: Callable[[], str],
+    ) -> _Result:
+        """Run one request until it succeeds, refreshing expired URLs and retrying failures.
+
+        The refresh and the retry happen outside the ``except`` blocks, so the exceptions
+        they raise are not chained to the storage error.
+        """
+        attempt = 1
+        while True:
+            self._raise_if_cancelled()
+            urls, generation = self._urls.current()
+            expired = False
+            failure: RetryableStorageError | None = None
+            try:
+                return attempt_once(urls)
             except ExpiredUrlError:
-                self._urls.refresh(generation, reason="storage rejected them as expired")
-                continue
+                expired = True
             except RetryableStorageError as error:
                 failure = error
-            self.wait_before_retry(failure, attempt, what=f"HEAD of {self._label}", resume="")
-            attempt += 1
+            if expired:
+                self._urls.refresh(generation, reason="storage rejected them as expired")
+                continue
+            if failure is not None:
+                self.wait_before_retry(failure, attempt, what=what, resume=resume())
+                attempt += 1
 
     def wait_before_retry(
         self, error: RetryableStorageError, attempt: int, *, what: str, resume: str

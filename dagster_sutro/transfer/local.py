@@ -12,10 +12,10 @@ version fetches the missing bytes plus less than one part.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +24,11 @@ from dagster_sutro.errors import DestinationError, DownloadError
 from dagster_sutro.transfer.parquet_check import check_parquet
 from dagster_sutro.transfer.plan import Part
 from dagster_sutro.transfer.progress import LogRelay, format_mib
+
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl.
+    fcntl = None  # type: ignore[assignment]
 
 PARTIAL_SUFFIX = ".sutro-partial"
 STATE_SUFFIX = ".sutro-partial.json"
@@ -171,7 +176,7 @@ class FileRangeSink:
         failure: DestinationError | None = None
         try:
             while view:
-                written = os.pwrite(self._fd, view, position)
+                written = _pwrite(self._fd, view, position)
                 view = view[written:]
                 position += written
         except OSError as error:
@@ -294,7 +299,7 @@ class LocalTarget:
             size=expected.size,
             part_size=expected.part_size,
         )
-        _allocate(self._fd, expected.size, self.uri)
+        _allocate(self._fd, expected.size, self.partial_path, self.uri)
         self._write_state()
 
     def sink(self, part: Part) -> FileRangeSink:
@@ -386,6 +391,9 @@ class LocalTarget:
         self._close()
 
     def _write_state(self) -> None:
+        # NOTE: neither the partial file nor the state file is fsynced here, so the state
+        # survives a killed process (the page cache keeps both) but not a power loss, after
+        # which it may record bytes that never reached the disk.
         temporary = self.state_path + ".tmp"
         failure: DestinationError | None = None
         try:
@@ -408,9 +416,13 @@ class LocalTarget:
 def _open_locked(partial_path: str, uri: str) -> int:
     """Open the partial file and lock it; the lock ends when the process does."""
     for _ in range(3):
-        fd = os.open(partial_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(partial_path, flags, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # NOTE: without fcntl (Windows) the partial file is not locked against a second
+            # process writing the same destination.
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise DestinationError(
@@ -428,7 +440,7 @@ def _open_locked(partial_path: str, uri: str) -> int:
     raise DestinationError(f"The partial file beside {uri} kept disappearing while it was opened.")
 
 
-def _allocate(fd: int, size: int, uri: str) -> None:
+def _allocate(fd: int, size: int, path: str, uri: str) -> None:
     """Size the partial file, after checking that the filesystem has room for it.
 
     ``ftruncate`` creates a sparse file. ``posix_fallocate`` is avoided, because glibc falls
@@ -438,8 +450,7 @@ def _allocate(fd: int, size: int, uri: str) -> None:
     failure: DestinationError | None = None
     try:
         os.ftruncate(fd, 0)
-        stats = os.fstatvfs(fd)
-        available = stats.f_bavail * stats.f_frsize
+        available = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         if size > available:
             failure = DestinationError(
                 f"The filesystem of {uri} has {format_mib(available)} free but the artifact "
@@ -463,7 +474,7 @@ def _allocate(fd: int, size: int, uri: str) -> None:
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
     chunks: list[bytes] = []
     while length > 0:
-        data = os.pread(fd, length, offset)
+        data = _pread(fd, length, offset)
         if not data:
             break
         chunks.append(data)
@@ -474,6 +485,8 @@ def _pread_exact(fd: int, length: int, offset: int) -> bytes:
 
 def _fsync_directory(path: str) -> None:
     try:
+        if not hasattr(os, "O_DIRECTORY"):
+            return
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
@@ -492,3 +505,23 @@ def _remove_quietly(path: str) -> None:
         pass
     except OSError:
         pass
+
+
+# Windows lacks os.pwrite and os.pread, so there one lock serializes seek and write.
+_seek_lock = threading.Lock()
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    with _seek_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    with _seek_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, length)

@@ -19,7 +19,7 @@ MAX_CONCURRENCY = 64
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """How the transfer engine downloads an artifact.
+    """The part size, concurrency, timeouts, retries and checks of the transfer engine.
 
     Every value is checked when the settings are created, so a bad value fails before any
     request is sent.
@@ -28,14 +28,16 @@ class TransferSettings:
         part_size_bytes: The size of each ranged GET, at least 1 MiB. An artifact of at most
             one part size is fetched with a single request.
         max_concurrency: The number of parts fetched in parallel, 1 to 64. For a destination
-            that is not a local file, at most this many parts are held in memory.
+            that is not a local file, at most this many parts are held in memory, besides an
+            8 MiB tail for the Parquet check and the writer's own buffer (for ``s3://``, one
+            upload part of :func:`s3_part_size_for` bytes).
         connect_timeout_seconds: The timeout of opening a connection to storage.
         read_timeout_seconds: The maximum wait for the next bytes of a response. It is an idle
             timeout, never a limit on the total time of a request.
         max_attempts_per_part: The attempts of each part before the download fails, counting
             the first one. Retries continue from the last byte received.
         max_url_refreshes: The number of fresh URLs requested in a row, without a successful
-            storage request in between, before an expired-URL answer is final.
+            storage request in between, before an expired-URL error is final.
         max_version_restarts: How often the download starts over when the artifact is
             replaced (a new ETag) while it runs.
         refresh_margin_seconds: Fresh URLs are requested before a part starts when the

@@ -1,10 +1,11 @@
 """A bare HTTP client for presigned storage URLs: HEAD, ranged GET and body reads.
 
 Each request carries only the headers that the transfer needs (``Range``, ``If-Match`` and
-``Accept-Encoding: identity``, besides ``Host``) and the URL byte for byte as issued, because
-any other header or any re-quoting of the URL breaks the SigV4 signature or sends a credential
-where none is allowed. Every failure is raised as a :class:`StorageError` whose text holds no
-URL, and never chained to the original exception, whose text does.
+``Accept-Encoding: identity``, besides ``Host``) and the URL byte for byte as issued. S3
+rejects a presigned request that also carries ``Authorization`` or an unsigned ``x-amz-*``
+header, and re-quoting the URL breaks the SigV4 signature. Every failure is raised as a
+:class:`StorageError` whose text contains no URL, and never chained to the original
+exception, whose text does.
 """
 
 from __future__ import annotations
