@@ -1,5 +1,6 @@
 """The measured download tools, each run as its own process against the emulator.
 
+Every measurement starts after ``os.sync()``, so no writeback of earlier steps overlaps it.
 Every local download ends with the file flushed to disk: ``dagster_sutro`` calls ``fsync``
 before it publishes, so for the other tools the benchmark calls ``fsync`` on the finished
 file right after the process exits and adds that time. Every tool is therefore timed until
@@ -172,6 +173,9 @@ class DownloadTools:
             SUTRO_S3: self._run_sutro_s3,
             REQUESTS_PUT: self._run_requests_put,
         }
+        # Dirty pages of earlier steps (the artifact build, the last download) would be
+        # written back during this measurement otherwise.
+        os.sync()
         server_cpu_before = _own_cpu_seconds()
         seconds, usage, child = runners[tool](artifact)
         server_cpu = _own_cpu_seconds() - server_cpu_before

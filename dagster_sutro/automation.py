@@ -10,7 +10,7 @@
 - ``[*key_prefix, <job>, "results"]``, the downloaded Parquet file. It depends on the artifact
   with ``AutomationCondition.eager()``, and Dagster requests it only when an observation
   reports a data version different from the previous one. The step is the one every results
-  asset runs, so it still skips the download when the destination already holds that ETag.
+  asset runs, so it still skips the download when the destination already contains that ETag.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ LAST_MODIFIED_KEY = f"{md.NAMESPACE}/last_modified"
 # Jobs in these states never produce results, so observing them again cannot succeed.
 FAILED_JOB_STATES = frozenset({"FAILED", "CANCELLED"})
 
-# Unattended runs get step retries with backoff: eager() requests a download once per new
-# ETag, so a transient failure would otherwise leave the results stale until the next change.
+# Unattended runs get step retries with backoff, because eager() requests a download once per
+# new ETag and a transient failure would otherwise leave the results stale until the next change.
 DEFAULT_AUTOMATION_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL
 )
@@ -52,7 +52,7 @@ _KEY_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9_]")
 
 
 class SutroJobResultsConfig(dg.Config):
-    """Optional run config of a job's results asset; automation runs use the defaults."""
+    """Optional run config of a job's results asset. Automation runs use the defaults."""
 
     force: bool = Field(
         default=False,
@@ -61,8 +61,8 @@ class SutroJobResultsConfig(dg.Config):
 
 
 def job_key_component(job_id: str) -> str:
-    """Turn a job id into an asset key component: every character but letters, digits and ``_``
-    becomes ``_``.
+    """Turn a job id into an asset key component by replacing each character other than letters,
+    digits and ``_`` with ``_``.
 
     Args:
         job_id: A Sutro job id, for example ``job-5f0c``.
@@ -106,14 +106,15 @@ def build_sutro_job_assets(
 
     The second asset downloads the artifact to ``destination``. Its default condition,
     ``AutomationCondition.eager()``, requests it when an observation reports a new ETag, so an
-    unchanged artifact is never downloaded twice. The run needs no run config; run config
-    can set ``force`` (see :class:`SutroJobResultsConfig`). Launched by hand while the job has
-    not SUCCEEDED, the step fails with the job's state. The asset declares the checks of
+    observation of an unchanged ETag launches no run. The run needs no run config, and run
+    config can set ``force`` (see :class:`SutroJobResultsConfig`). Launched by hand while the
+    job has not SUCCEEDED, the step fails with the job's state. The asset declares the checks of
     :mod:`dagster_sutro.checks` unless ``enable_asset_checks`` is false.
 
-    Declarative Automation must be on (the ``default_automation_condition_sensor`` is created
-    automatically when any asset has a condition). The observation uses
-    ``dg.multi_observable_source_asset``, a beta API that emits a ``BetaWarning`` when the
+    The conditions are evaluated by the ``default_automation_condition_sensor`` that Dagster adds
+    for assets with a condition. It starts stopped, so turn it on in the UI (or define an
+    ``AutomationConditionSensorDefinition`` with ``default_status=RUNNING``). The observation
+    uses ``dg.multi_observable_source_asset``, a beta API that emits a ``BetaWarning`` when the
     definitions load.
 
     Args:
@@ -338,16 +339,16 @@ def _log_etag_change(
     previous = md.metadata_value(dict(observation.metadata), md.ETAG_KEY) if observation else None
     if previous is None:
         context.log.info(
-            f"Sutro job {job_id} is SUCCEEDED; its artifact has ETag {etag}, the first data "
+            f"Sutro job {job_id} is SUCCEEDED, and its artifact has ETag {etag}, the first data "
             "version observed."
         )
     elif previous == etag:
         context.log.info(
-            f"Sutro job {job_id} is SUCCEEDED; its artifact's ETag {etag} is unchanged since the "
-            "last observation, so the downloaded results are up to date."
+            f"Sutro job {job_id} is SUCCEEDED, and its artifact's ETag {etag} is unchanged since "
+            "the last observation, so the downloaded results are up to date."
         )
     else:
         context.log.info(
-            f"Sutro job {job_id} is SUCCEEDED; its artifact's ETag changed from {previous} to "
-            f"{etag}, a new data version that makes the downloaded results out of date."
+            f"Sutro job {job_id} is SUCCEEDED, and its artifact's ETag changed from {previous} "
+            f"to {etag}, a new data version that makes the downloaded results out of date."
         )

@@ -1,8 +1,8 @@
 """Asset checks of the results assets, evaluated from the Parquet footer in the download step.
 
-Every results asset declares these checks with ``check_specs=`` and evaluates them in the same
-step that downloads the artifact, from the row count and schema that the step reads from the
-Parquet footer anyway, so the file is never read a second time:
+Every results asset declares these checks with ``check_specs=`` and evaluates them in the step
+that downloads the artifact. They use the row count and schema that the step reads from the
+Parquet footer anyway, so the file is not read a second time:
 
 - ``row_count_positive`` (blocking): the file has at least one row, and as many rows as the
   Sutro API reports for the job (``num_rows`` of ``GET /v1/jobs/{job_id}``) when it reports one.
@@ -78,7 +78,7 @@ def build_sutro_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             asset=asset_key,
             blocking=True,
             description=f"The downloaded Parquet file has the '{OUTPUTS_COLUMN}' column that "
-            "holds the model outputs.",
+            "contains the model outputs.",
         ),
         dg.AssetCheckSpec(
             SCHEMA_UNCHANGED_CHECK,
@@ -111,7 +111,7 @@ class SchemaDiff:
 
 
 def diff_schemas(previous: dg.TableSchema, current: dg.TableSchema) -> SchemaDiff:
-    """Compare two column schemas by column name and type; column order is ignored.
+    """Compare two column schemas by column name and type, ignoring column order.
 
     Args:
         previous: The schema recorded by the previous materialization.
@@ -337,4 +337,3 @@ def _log_result(
         context.log.info(f"Check {check_name} passed: {description}")
     else:
         context.log.warning(f"Check {check_name} failed: {description}")
-

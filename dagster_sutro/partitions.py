@@ -38,18 +38,18 @@ CURSOR_VERSION = 1
 DEFAULT_MINIMUM_INTERVAL_SECONDS = 300
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_MAX_NEW_PARTITIONS_PER_TICK = 25
-# Dagster cancels a sensor evaluation after 60 seconds by default; the scan stops paging well
-# before that and resumes from the same page on the next tick.
+# A sensor evaluation times out after 60 seconds by default (Dagster's gRPC timeout). The scan
+# stops paging well before that and resumes from the same page on the next tick.
 DEFAULT_TIME_BUDGET_SECONDS = 40.0
 # How many job ids a log line lists before it only counts them.
 LOGGED_JOB_IDS = 10
 
-# Jobs in these states never change again; every other state is checked again on a later tick.
+# Jobs in these states never change again. Jobs in any other state are checked on a later tick.
 FINISHED_WITHOUT_RESULTS_STATES = frozenset({"FAILED", "CANCELLED"})
 
 
 class SutroPartitionedResultsConfig(dg.Config):
-    """Run config of the partitioned results asset; the partition key names the job."""
+    """Run config of the partitioned results asset. The partition key names the job."""
 
     include_inputs: bool = Field(
         default=False, description="Add the job's input column(s) to the results."
@@ -156,8 +156,7 @@ def build_sutro_partitioned_results_asset(
     options = dict(storage_options or {})
     spec = dg.AssetSpec(
         asset_key,
-        description=description
-        or "Parquet results of Sutro batch jobs, one partition per job id.",
+        description=description or "Parquet results of Sutro batch jobs, one partition per job id.",
         partitions_def=partitions,
         group_name=group_name,
         automation_condition=automation_condition,
@@ -234,24 +233,37 @@ class NewJobsCursor:
         if not isinstance(data, dict) or data.get("version") != CURSOR_VERSION:
             version = data.get("version") if isinstance(data, dict) else None
             raise ValueError(f"cursor version {version!r} is not {CURSOR_VERSION}")
-        values = {name: data.get(name) for name in cls.__dataclass_fields__}
-        for name, value in values.items():
+        strings: dict[str, str | None] = {}
+        for name in cls.__dataclass_fields__:
             if name == "scan_in_progress":
-                if not isinstance(value, bool):
-                    raise ValueError(f"cursor field {name} is {value!r}, not a boolean")
-            elif value is not None and not isinstance(value, str):
+                continue
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
                 raise ValueError(f"cursor field {name} is {value!r}, not a string")
-        return cls(**values)
+            strings[name] = value
+        scan_in_progress = data.get("scan_in_progress", False)
+        if not isinstance(scan_in_progress, bool):
+            raise ValueError(
+                f"cursor field scan_in_progress is {scan_in_progress!r}, not a boolean"
+            )
+        return cls(
+            watermark_job_id=strings["watermark_job_id"],
+            watermark_created=strings["watermark_created"],
+            scan_page_cursor=strings["scan_page_cursor"],
+            scan_in_progress=scan_in_progress,
+            scan_candidate=strings["scan_candidate"],
+            scan_candidate_created=strings["scan_candidate_created"],
+        )
 
 
 @dataclass
 class ScanOutcome:
-    """What one tick of the new-jobs sensor decided.
+    """Decisions of one tick of the new-jobs sensor.
 
     Attributes:
         added: Job ids that get a partition and a run.
         existing: SUCCEEDED jobs that are partitions already.
-        unfinished: ``(job_id, state)`` of jobs that have not finished; looked at again later.
+        unfinished: ``(job_id, state)`` of jobs that have not finished, looked at again later.
         without_results: ``(job_id, state)`` of FAILED and CANCELLED jobs.
         excluded: Jobs that ``job_filter`` rejected.
         invalid: Entries of ``list-jobs`` without a usable job id.
@@ -350,7 +362,8 @@ def build_sutro_new_jobs_sensor(
         raise InvalidInputError(f"page_size={page_size!r} is invalid: use 1 to 100.")
     if max_new_partitions_per_tick < 1:
         raise InvalidInputError(
-            f"max_new_partitions_per_tick={max_new_partitions_per_tick!r} is invalid: use 1 or more."
+            f"max_new_partitions_per_tick={max_new_partitions_per_tick!r} is invalid: use 1 or "
+            "more."
         )
     if time_budget_seconds <= 0:
         raise InvalidInputError(
@@ -463,7 +476,7 @@ def scan_new_jobs(
             break
         outcome.pages += 1
 
-        # The state before this page, to resume from it if the partition cap stops us inside it.
+        # The state before this page, to resume from if the partition cap stops the scan inside it.
         page_start = (candidate, candidate_created, len(outcome.added))
         reached_watermark = False
         capped = False
@@ -558,9 +571,7 @@ def _resumed_cursor(
     )
 
 
-def _record_baseline(
-    context: dg.SensorEvaluationContext, client: SutroClient
-) -> dg.SensorResult:
+def _record_baseline(context: dg.SensorEvaluationContext, client: SutroClient) -> dg.SensorResult:
     """Make the newest job the watermark, so only jobs submitted after it are added."""
     jobs, _ = client.list_jobs(limit=1)
     newest = jobs[0] if jobs else None
@@ -569,7 +580,7 @@ def _record_baseline(
         watermark_created=_created(newest) if newest else None,
     )
     if newest is None:
-        message = "No Sutro jobs exist yet; every job submitted from now on is considered."
+        message = "No Sutro jobs exist yet, so every job submitted from now on is considered."
     else:
         message = (
             f"First tick: jobs up to and including {cursor.watermark_job_id} existed before the "
@@ -581,7 +592,7 @@ def _record_baseline(
 
 
 def _load_cursor(context: dg.SensorEvaluationContext) -> NewJobsCursor | None:
-    """Parse the tick's cursor; ``None`` when there is none or it cannot be read."""
+    """Parse the tick's cursor, or return ``None`` when there is none or it cannot be read."""
     if not context.cursor:
         return None
     try:
@@ -616,12 +627,10 @@ def _log_outcome(context: dg.SensorEvaluationContext, outcome: ScanOutcome) -> N
     if outcome.existing:
         context.log.debug(f"Skipping jobs that are partitions already: {_ids(outcome.existing)}.")
     if outcome.invalid:
-        context.log.warning(
-            f"Skipped {outcome.invalid} list-jobs entries without a valid job_id."
-        )
+        context.log.warning(f"Skipped {outcome.invalid} list-jobs entries without a valid job_id.")
     if outcome.stop_reason is not None:
         context.log.info(
-            f"Stopped paging early because {outcome.stop_reason}; the next tick resumes from "
+            f"Stopped paging early because {outcome.stop_reason}. The next tick resumes from "
             "the same page."
         )
 
@@ -661,7 +670,7 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
 def _is_watermark_or_older(
     job: Mapping[str, Any], watermark_job_id: str | None, watermark_time: datetime.datetime | None
 ) -> bool:
-    """Whether the scan has reached the watermark: the job itself, or a job created before it."""
+    """Check whether the scan has reached the watermark: the job itself, or an older job."""
     if watermark_job_id is None:
         return False
     if job.get("job_id") == watermark_job_id:

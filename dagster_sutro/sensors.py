@@ -202,7 +202,7 @@ class _SensorOptions:
     include_cumulative_logprobs: bool
     destination: str | None
     time_budget_seconds: float
-    skip_existing_jobs: bool
+    include_existing_jobs: bool
 
 
 def build_sutro_results_sensor(
@@ -217,7 +217,7 @@ def build_sutro_results_sensor(
     destination: str | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     time_budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS,
-    skip_existing_jobs: bool = False,
+    include_existing_jobs: bool = False,
 ) -> dg.SensorDefinition:
     """Build a sensor that requests a run of a results asset when a job's artifact changes.
 
@@ -262,8 +262,9 @@ def build_sutro_results_sensor(
         time_budget_seconds: The time after which a tick starts no further job check. Paging
             through ``list-jobs`` stops after half of it. With the default of 20 s a tick ends
             within about 50 s, inside Dagster's 60-second sensor timeout.
-        skip_existing_jobs: With ``job_ids=None``, make the first tick record the jobs that
-            exist already without requesting runs for them, so only later jobs are fetched.
+        include_existing_jobs: With ``job_ids=None``, also fetch the jobs that exist when the
+            sensor first runs. By default the first tick only records them as seen, so that
+            turning the sensor on does not launch a run for every past job.
 
     Returns:
         The sensor definition. Add it to ``dg.Definitions`` together with the asset and the
@@ -305,7 +306,7 @@ def build_sutro_results_sensor(
         include_cumulative_logprobs=include_cumulative_logprobs,
         destination=destination,
         time_budget_seconds=time_budget_seconds,
-        skip_existing_jobs=skip_existing_jobs,
+        include_existing_jobs=include_existing_jobs,
     )
     following = (
         f"jobs {', '.join(options.job_ids)}"
@@ -620,10 +621,10 @@ def _discover_jobs(
                 str(job["job_id"]) for job in jobs[:SEEN_JOB_IDS_KEPT] if "job_id" in job
             ]
 
-        if first_scan and options.skip_existing_jobs:
+        if first_scan and not options.include_existing_jobs:
             context.log.info(
-                f"First tick with skip_existing_jobs=True: the {len(jobs)} newest jobs are "
-                "recorded as seen and no run is requested for existing jobs."
+                f"First tick: the {len(jobs)} newest jobs are recorded as seen and no run is "
+                "requested for them (set include_existing_jobs=True to fetch existing jobs)."
             )
             cursor.seen_job_ids = scan.newest
             cursor.scan = None

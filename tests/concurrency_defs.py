@@ -1,17 +1,12 @@
-"""Definitions for the multiprocess concurrency test, configured from environment variables.
+"""Definitions for the multiprocess concurrency test.
 
-The multiprocess executor rebuilds the job in every step process, so the job is built by a
-module-level function that reads the emulator's address and the job ids from the environment:
-
-- ``SUTRO_API_URL`` and ``SUTRO_API_KEY``: the emulator.
-- ``SUTRO_TEST_JOB_IDS``: comma-separated job ids, one pair of job assets each.
-- ``SUTRO_TEST_DESTINATION``: the directory the results are written to.
-- ``SUTRO_TEST_POOL``: the concurrency pool of the downloads, empty for none.
+The multiprocess executor rebuilds the job in every step process from a module-level function
+and its keyword arguments, so everything that shapes the job (job ids, destination, pool) is an
+argument. The emulator's address and key come from ``SUTRO_API_URL`` and ``SUTRO_API_KEY``,
+which the resource reads at launch.
 """
 
 from __future__ import annotations
-
-import os
 
 import dagster as dg
 
@@ -21,16 +16,15 @@ DOWNLOADS_JOB = "sutro_downloads"
 MAX_CONCURRENT_STEPS = 2
 
 
-def build_downloads_job() -> dg.JobDefinition:
-    """Build the job that materializes every configured job's results asset."""
+def build_downloads_job(
+    job_ids: list[str], destination: str, pool: str | None = None
+) -> dg.JobDefinition:
+    """Build the job that materializes the results asset of each job in ``job_ids``."""
     assets: list[dg.AssetsDefinition] = []
     results_keys: list[dg.AssetKey] = []
-    for job_id in os.environ["SUTRO_TEST_JOB_IDS"].split(","):
+    for job_id in job_ids:
         artifact, results = build_sutro_job_assets(
-            job_id=job_id,
-            destination=os.environ["SUTRO_TEST_DESTINATION"],
-            pool=os.environ.get("SUTRO_TEST_POOL") or None,
-            retry_policy=None,
+            job_id=job_id, destination=destination, pool=pool, retry_policy=None
         )
         assets.extend([artifact, results])
         results_keys.append(results.key)

@@ -14,8 +14,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from dagster_sutro import SutroResource, build_sutro_job_assets
-from dagster_sutro import metadata as md
+from dagster_sutro import SutroResource, build_sutro_job_assets, metadata as md
 from dagster_sutro.automation import JOB_STATUS_KEY, SutroJobResultsConfig
 from dagster_sutro.testing import SutroEmulator
 
@@ -256,7 +255,10 @@ def test_observation_runs_on_cron(
         )
         cursor = result.cursor
         requested.append(
-            (result.get_num_requested(harness.artifact.key), result.get_num_requested(harness.results.key))
+            (
+                result.get_num_requested(harness.artifact.key),
+                result.get_num_requested(harness.results.key),
+            )
         )
 
     # The cron tick at 00:15 falls between the evaluations at 00:11 and 00:16.

@@ -14,8 +14,8 @@ from dagster_sutro import (
     build_sutro_job_assets,
     build_sutro_partitioned_results_asset,
     build_sutro_results_asset,
+    checks as sutro_checks,
 )
-from dagster_sutro import checks as sutro_checks
 from dagster_sutro.checks import (
     OUTPUTS_COLUMN_PRESENT_CHECK,
     ROW_COUNT_POSITIVE_CHECK,
@@ -63,7 +63,9 @@ def _materialize(
 
 
 def _evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    return {
+        evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()
+    }
 
 
 def _step_succeeded(result: dg.ExecuteInProcessResult, step_key: str) -> bool:
@@ -140,9 +142,10 @@ def test_table_without_outputs_fails_check(
     assert not result.success
     evaluations = _evaluations(result)
     assert evaluations[OUTPUTS_COLUMN_PRESENT_CHECK].passed is False
-    assert evaluations[OUTPUTS_COLUMN_PRESENT_CHECK].metadata[
-        sutro_checks.COLUMNS_KEY
-    ].value == ["row_id", "text"]
+    assert evaluations[OUTPUTS_COLUMN_PRESENT_CHECK].metadata[sutro_checks.COLUMNS_KEY].value == [
+        "row_id",
+        "text",
+    ]
     assert evaluations[ROW_COUNT_POSITIVE_CHECK].passed is True
     assert not _step_succeeded(result, downstream.node_def.name)
 

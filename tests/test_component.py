@@ -159,17 +159,18 @@ def test_pasted_key_rejected_without_echo() -> None:
     assert CANARY_KEY not in str(error.value)
 
 
-def test_duplicate_job_is_rejected() -> None:
+@pytest.mark.parametrize("second_id", ["job-one", "job_one"])
+def test_duplicate_job_is_rejected(second_id: str) -> None:
     component = SutroResultsComponent.resolve_from_dict(
         {
             "jobs": [
                 {"job_id": "job-one", "destination": "a/"},
-                {"job_id": "job-one", "destination": "b/"},
+                {"job_id": second_id, "destination": "b/"},
             ]
         }
     )
 
-    with pytest.raises(InvalidInputError, match="listed twice"):
+    with pytest.raises(InvalidInputError, match="same asset keys"):
         component.build_defs(None)  # type: ignore[arg-type]
 
 

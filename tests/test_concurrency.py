@@ -8,7 +8,6 @@ still being sent. The storage rate is capped so that each download stays in flig
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import concurrency_defs
@@ -82,29 +81,33 @@ def job_sizes(emulator: SutroEmulator) -> dict[str, int]:
     return sizes
 
 
-@pytest.fixture
-def job_env(
-    emulator: SutroEmulator, job_sizes: dict[str, int], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[pytest.MonkeyPatch]:
+@pytest.fixture(autouse=True)
+def emulator_env(emulator: SutroEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUTRO_API_URL", emulator.api_url)
     monkeypatch.setenv("SUTRO_API_KEY", emulator.api_key)
-    monkeypatch.setenv("SUTRO_TEST_JOB_IDS", ",".join(job_sizes))
-    yield monkeypatch
 
 
 def _execute(
-    emulator: SutroEmulator, sizes: dict[str, int], instance: dg.DagsterInstance
+    emulator: SutroEmulator,
+    sizes: dict[str, int],
+    instance: dg.DagsterInstance,
+    *,
+    destination: Path,
+    pool: str | None,
 ) -> tuple[dg.ExecutionResult, set[str]]:
+    job = dg.build_reconstructable_job(
+        "concurrency_defs",
+        concurrency_defs.build_downloads_job.__name__,
+        reconstructable_kwargs={
+            "job_ids": list(sizes),
+            "destination": f"{destination}/",
+            "pool": pool,
+        },
+        reconstructor_working_directory=str(TESTS_DIR),
+    )
     emulator.clear_requests()
     with InFlightSampler(emulator, sizes) as sampler:
-        result = dg.execute_job(
-            dg.build_reconstructable_job(
-                "concurrency_defs",
-                concurrency_defs.build_downloads_job.__name__,
-                reconstructor_working_directory=str(TESTS_DIR),
-            ),
-            instance=instance,
-        )
+        result = dg.execute_job(job, instance=instance)
     return result, sampler.max_in_flight
 
 
@@ -112,7 +115,9 @@ def _materialized_jobs(instance: dg.DagsterInstance, job_ids: list[str]) -> list
     return [
         job_id
         for job_id in job_ids
-        if instance.get_latest_materialization_event(dg.AssetKey(["sutro", _key(job_id), "results"]))
+        if instance.get_latest_materialization_event(
+            dg.AssetKey(["sutro", _key(job_id), "results"])
+        )
     ]
 
 
@@ -120,14 +125,16 @@ def _key(job_id: str) -> str:
     return job_id.replace("-", "_")
 
 
+# A step process that dies while holding a pool slot leaves the run waiting for that slot, so
+# a failure here shows up as a timeout rather than a hang of the whole suite.
+@pytest.mark.timeout(120)
 def test_two_jobs_download_concurrently(
-    emulator: SutroEmulator, job_sizes: dict[str, int], job_env, tmp_path: Path
+    emulator: SutroEmulator, job_sizes: dict[str, int], tmp_path: Path
 ) -> None:
-    job_env.setenv("SUTRO_TEST_DESTINATION", f"{tmp_path / 'results'}/")
-    job_env.setenv("SUTRO_TEST_POOL", POOL)
-
     with dg.instance_for_test() as instance:
-        result, in_flight = _execute(emulator, job_sizes, instance)
+        result, in_flight = _execute(
+            emulator, job_sizes, instance, destination=tmp_path / "results", pool=POOL
+        )
         materialized = _materialized_jobs(instance, list(job_sizes))
 
     assert result.success
@@ -135,15 +142,16 @@ def test_two_jobs_download_concurrently(
     assert in_flight == set(job_sizes)
 
 
+@pytest.mark.timeout(120)
 def test_pool_limit_serializes_downloads(
-    emulator: SutroEmulator, job_sizes: dict[str, int], job_env, tmp_path: Path
+    emulator: SutroEmulator, job_sizes: dict[str, int], tmp_path: Path
 ) -> None:
-    job_env.setenv("SUTRO_TEST_DESTINATION", f"{tmp_path / 'results'}/")
-    job_env.setenv("SUTRO_TEST_POOL", POOL)
     overrides = {"concurrency": {"pools": {"default_limit": 1, "granularity": "op"}}}
 
     with dg.instance_for_test(overrides=overrides) as instance:
-        result, in_flight = _execute(emulator, job_sizes, instance)
+        result, in_flight = _execute(
+            emulator, job_sizes, instance, destination=tmp_path / "results", pool=POOL
+        )
         materialized = _materialized_jobs(instance, list(job_sizes))
 
     assert result.success

@@ -13,8 +13,8 @@ from dagster_sutro import (
     SutroResource,
     build_sutro_new_jobs_sensor,
     build_sutro_partitioned_results_asset,
+    metadata as md,
 )
-from dagster_sutro import metadata as md
 from dagster_sutro.partitions import (
     CURSOR_VERSION,
     NewJobsCursor,
@@ -309,7 +309,7 @@ def test_unfinished_job_keeps_watermark_below_it(
 def test_job_filter_excludes_jobs(
     emulator: SutroEmulator, sutro: SutroResource, instance, asset
 ) -> None:
-    wanted = emulator.add_job(num_rows=3, name="reviews-2026-01")
+    included = emulator.add_job(num_rows=3, name="reviews-2026-01")
     emulator.add_job(num_rows=3, name="scratch")
     sensor = build_sutro_new_jobs_sensor(
         asset=asset,
@@ -320,7 +320,7 @@ def test_job_filter_excludes_jobs(
 
     result = harness.tick()
 
-    assert _requested(result) == [wanted]
+    assert _requested(result) == [included]
 
 
 @pytest.mark.parametrize(
@@ -398,8 +398,6 @@ def test_watermark_matches_older_jobs_when_gone() -> None:
     assert not _is_watermark_or_older(newer, "job-w", watermark_time)
     assert not _is_watermark_or_older(undated, "job-w", watermark_time)
     assert not _is_watermark_or_older(older, None, None)
-
-
 
 
 def test_daemon_evaluation_resolves_new_partitions(

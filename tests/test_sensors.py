@@ -246,7 +246,7 @@ def test_discovery_finds_succeeded_and_ignores_running(
     done = emulator.add_job(num_rows=10, seed=1)
     running = emulator.add_job(num_rows=10, seed=2, status="RUNNING")
     failed = emulator.add_job(num_rows=10, seed=3, status="FAILED")
-    sensor = build_sutro_results_sensor(asset=asset)
+    sensor = build_sutro_results_sensor(asset=asset, include_existing_jobs=True)
 
     requests, cursor, _ = _tick(sensor, instance, sutro, None)
 
@@ -277,7 +277,7 @@ def test_discovery_stops_paging_at_seen_jobs(
     monkeypatch.setattr(sensors_module, "LIST_JOBS_PAGE_SIZE", 2)
     for seed in range(5):
         emulator.add_job(num_rows=5, seed=seed)
-    sensor = build_sutro_results_sensor(asset=asset)
+    sensor = build_sutro_results_sensor(asset=asset, include_existing_jobs=True)
 
     first, cursor, _ = _tick(sensor, instance, sutro, None)
     list_calls = sum(1 for r in emulator.api_requests if r.path.endswith("/list-jobs"))
@@ -293,11 +293,11 @@ def test_discovery_stops_paging_at_seen_jobs(
     assert sum(1 for r in emulator.api_requests if r.path.endswith("/list-jobs")) == 1
 
 
-def test_skip_existing_jobs_requests_only_new_ones(
+def test_existing_jobs_skipped_by_default(
     emulator: SutroEmulator, sutro: SutroResource, instance, asset
 ) -> None:
     emulator.add_job(num_rows=5, seed=1)
-    sensor = build_sutro_results_sensor(asset=asset, skip_existing_jobs=True)
+    sensor = build_sutro_results_sensor(asset=asset)
 
     first, cursor, _ = _tick(sensor, instance, sutro, None)
     newer = emulator.add_job(num_rows=5, seed=2)

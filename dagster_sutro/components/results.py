@@ -283,13 +283,17 @@ class SutroResultsComponent(dg.Component, dg.Model, dg.Resolvable):
 
 
 def _check_unique_jobs(jobs: Sequence[SutroJobSettings]) -> None:
-    seen: set[tuple[tuple[str, ...], str]] = set()
+    # Compared by asset key, because job ids that differ only in punctuation
+    # ("job-a" and "job_a") map to the same key component.
+    from dagster_sutro.automation import job_key_component
+
+    seen: dict[tuple[tuple[str, ...], str], str] = {}
     for job in jobs:
-        key = (tuple(job.key_prefix), job.job_id)
+        key = (tuple(job.key_prefix), job_key_component(job.job_id))
         if key in seen:
             raise InvalidInputError(
-                f"Job {job.job_id} is listed twice with key_prefix {job.key_prefix}, so its "
-                "assets would have the same keys. Remove the duplicate or give it another "
+                f"Jobs {seen[key]} and {job.job_id} with key_prefix {job.key_prefix} would get "
+                "the same asset keys. Remove the duplicate or give one of them another "
                 "key_prefix."
             )
-        seen.add(key)
+        seen[key] = job.job_id
