@@ -34,3 +34,25 @@ def test_example_sensors_and_schedule(defs: dg.Definitions) -> None:
     assert new_jobs_sensor.name == "sutro_job_results__new_jobs_sensor"
     assert schedule.cron_schedule == "0 6 * * *"
     assert "job_id" in str(schedule.evaluate_tick(dg.build_schedule_context()).run_requests)
+
+
+def test_output_stats_read_downloaded_results(emulator, sutro, tmp_path) -> None:
+    from sutro_example.defs.results import sutro_output_stats
+
+    from dagster_sutro import SutroResultsConfig, sutro_results
+
+    job_id = emulator.add_job(num_rows=40)
+    instance = dg.DagsterInstance.ephemeral()
+    config = SutroResultsConfig(job_id=job_id, destination=f"{tmp_path}/")
+
+    result = dg.materialize(
+        [sutro_results, sutro_output_stats],
+        resources={"sutro": sutro},
+        instance=instance,
+        run_config=dg.RunConfig({"sutro_results": config}),
+    )
+
+    assert result.success
+    [stats] = result.asset_materializations_for_node("sutro_output_stats")
+    assert stats.metadata["dagster/row_count"].value == 40
+    assert stats.metadata["output_chars_max"].value > 0

@@ -4,10 +4,8 @@ import os
 
 import dagster as dg
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from dagster_sutro import sutro_results
-from dagster_sutro.metadata import URI_KEY
+from dagster_sutro import load_sutro_results, sutro_results
 
 # The job the schedule fetches; the demo and `make ui` set it to the emulator's seeded job.
 DEMO_JOB_ID = os.environ.get("SUTRO_DEMO_JOB_ID", "job-demo-0001")
@@ -16,11 +14,8 @@ DEMO_JOB_ID = os.environ.get("SUTRO_DEMO_JOB_ID", "job-demo-0001")
 @dg.asset(deps=[sutro_results], kinds={"parquet"})
 def sutro_output_stats(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Row count and output length statistics of the latest downloaded Sutro results."""
-    event = context.instance.get_latest_materialization_event(sutro_results.key)
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure("sutro_results has not been materialized yet; materialize it first.")
-    uri = event.asset_materialization.metadata[URI_KEY].value
-    table = pq.read_table(str(uri), columns=["outputs"])
+    # Reads only the outputs column of the file that sutro_results last recorded in dagster/uri.
+    table = load_sutro_results(context, asset=sutro_results, columns=["outputs"])
     lengths = pc.utf8_length(table["outputs"])
     summary = {
         "rows": table.num_rows,
@@ -28,7 +23,7 @@ def sutro_output_stats(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         "output_chars_mean": round(pc.mean(lengths).as_py() or 0.0, 1),
         "output_chars_max": pc.max(lengths).as_py() if table.num_rows else 0,
     }
-    context.log.info(f"Output length statistics of {uri}: {summary}")
+    context.log.info(f"Output length statistics of the latest Sutro results: {summary}")
     return dg.MaterializeResult(metadata={"dagster/row_count": table.num_rows, **summary})
 
 
