@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import os
 import re
 import shlex
@@ -33,6 +32,7 @@ from typing import Any
 from benchmarks.asset_run import AssetRunRequests, count_unchanged_run_requests
 from benchmarks.machine import describe_machine
 from benchmarks.measure import ToolFailedError, memory_method
+from benchmarks.moto_server import moto_process
 from benchmarks.profile import Profile, find_py_spy, profile_sutro
 from benchmarks.report import RunInfo, hand_written_section, render_page
 from benchmarks.results import (
@@ -62,9 +62,12 @@ from dagster_sutro.testing import SutroEmulator
 
 DEFAULT_SIZES = "256MiB,2GiB"
 QUICK_SIZES = "64MiB"
-DEFAULT_REPETITIONS = 3
+# Loopback downloads take seconds each, so they are repeated most, because the machine is noisy.
+DEFAULT_REPETITIONS = 5
 # Single streams at 25 MiB/s take about 80 s per 2 GiB, so the capped setting runs once.
 DEFAULT_THROTTLED_REPETITIONS = 1
+# moto takes about 30 s to receive 2 GiB, and memory, the main figure there, barely varies.
+DEFAULT_S3_REPETITIONS = 2
 DEFAULT_THROTTLE_MIB_PER_SECOND = 25.0
 DEFAULT_PAGE = REPOSITORY_ROOT / "docs" / "benchmarks.md"
 
@@ -131,8 +134,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repetitions",
         type=int,
-        help=f"Measurements per tool in the loopback and s3 settings (default "
-        f"{DEFAULT_REPETITIONS}; 1 with --quick).",
+        help=f"Measurements per tool in the loopback setting (default {DEFAULT_REPETITIONS}; "
+        "1 with --quick).",
+    )
+    parser.add_argument(
+        "--s3-repetitions",
+        type=int,
+        default=DEFAULT_S3_REPETITIONS,
+        help=f"Measurements per tool in the s3 setting (default {DEFAULT_S3_REPETITIONS}).",
     )
     parser.add_argument(
         "--throttled-repetitions",
@@ -173,36 +182,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def _moto_server() -> Iterator[dict[str, Any]]:
-    """Start moto's S3 server on 127.0.0.1 and yield fsspec options for it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    # The server's werkzeug logger prints a line per request otherwise.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=MOTO_CREDENTIALS["key"],
-            aws_secret_access_key=MOTO_CREDENTIALS["secret"],
-            region_name=MOTO_REGION,
-        )
-        client.create_bucket(Bucket=S3_BUCKET)
-        yield {
-            **MOTO_CREDENTIALS,
-            "endpoint_url": endpoint,
-            "client_kwargs": {"region_name": MOTO_REGION},
-        }
-    finally:
-        server.stop()
 
 
 def _build_artifacts(emulator: SutroEmulator, sizes: Sequence[tuple[str, int]]) -> list[Artifact]:
@@ -276,6 +255,20 @@ def _profiles(
             )
         )
         destination.unlink(missing_ok=True)
+        _log(f"Profiling dagster_sutro, {artifact.label}, loopback, blocked threads included...")
+        destination = tools.fresh_destination()
+        profiles.append(
+            profile_sutro(
+                tools,
+                artifact,
+                destination=str(destination),
+                label=f"{SUTRO}, {artifact.label}, (a) unthrottled loopback, blocked threads "
+                "included",
+                py_spy=py_spy,
+                idle=True,
+            )
+        )
+        destination.unlink(missing_ok=True)
     if S3 in settings and tools.s3_storage_options is not None:
         _log(f"Profiling dagster_sutro, {artifact.label}, s3://...")
         uri = tools.s3_uri("profile", artifact)
@@ -305,13 +298,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         _parser().error(f"unknown setting(s) {', '.join(unknown)}; use {', '.join(SETTINGS)}")
     repetitions = arguments.repetitions or (1 if arguments.quick else DEFAULT_REPETITIONS)
-    throttled_repetitions = 1 if arguments.quick else arguments.throttled_repetitions
-    if repetitions < 1 or throttled_repetitions < 1:
+    counts = {
+        LOOPBACK: repetitions,
+        THROTTLED: 1 if arguments.quick else arguments.throttled_repetitions,
+        S3: 1 if arguments.quick else arguments.s3_repetitions,
+    }
+    if min(counts.values()) < 1:
         _parser().error("repetitions must be at least 1")
     output = arguments.output or (None if arguments.quick else DEFAULT_PAGE)
     profile = not (arguments.quick or arguments.no_profile)
 
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     scratch_parent = arguments.workdir or Path(tempfile.gettempdir())
     scratch_parent.mkdir(parents=True, exist_ok=True)
@@ -325,18 +323,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with (
             SutroEmulator(root_dir=workdir / "emulator") as emulator,
-            _optional_moto(S3 in settings) as s3_options,
+            _optional_moto(S3 in settings) as moto,
         ):
-            tools = DownloadTools(emulator, workdir, s3_storage_options=s3_options)
+            tools = DownloadTools(
+                emulator,
+                workdir,
+                s3_storage_options=moto[0] if moto else None,
+                server_pids=[moto[1]] if moto else [],
+            )
             artifacts = _build_artifacts(emulator, sizes)
             for artifact in artifacts:
                 for setting in settings:
                     emulator.storage_bytes_per_second = (
                         arguments.throttle_mib_per_second * MIB if setting == THROTTLED else None
                     )
-                    count = throttled_repetitions if setting == THROTTLED else repetitions
                     _log(f"{setting}, {artifact.label}:")
-                    measurements += _run_setting(tools, artifact, setting, count, notes)
+                    measurements += _run_setting(tools, artifact, setting, counts[setting], notes)
             emulator.storage_bytes_per_second = None
             if not arguments.no_asset_run:
                 _log("Counting the requests of an unchanged-ETag asset run...")
@@ -359,14 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine=describe_machine(scratch_parent),
         memory_method=memory_method(),
         throttle_mib_per_second=arguments.throttle_mib_per_second,
-        repetitions={
-            setting: throttled_repetitions if setting == THROTTLED else repetitions
-            for setting in settings
-        },
+        repetitions={setting: counts[setting] for setting in settings},
         artifacts=[
             (item.label, item.size_bytes, item.etag, item.build_seconds) for item in artifacts
         ],
         total_seconds=time.monotonic() - started,
+        load_averages=(load_at_start, os.getloadavg()),
         notes=notes,
     )
     page = render_page(
@@ -391,18 +391,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextmanager
-def _optional_moto(enabled: bool) -> Iterator[dict[str, Any] | None]:
+def _optional_moto(enabled: bool) -> Iterator[tuple[dict[str, Any], int] | None]:
+    """Run moto's S3 server in its own process, create the bucket, and yield fsspec options."""
     if not enabled:
         yield None
         return
-    for name, value in {
+    import boto3
+
+    env = {
+        **os.environ,
         "AWS_ACCESS_KEY_ID": MOTO_CREDENTIALS["key"],
         "AWS_SECRET_ACCESS_KEY": MOTO_CREDENTIALS["secret"],
         "AWS_DEFAULT_REGION": MOTO_REGION,
-    }.items():
-        os.environ.setdefault(name, value)
-    with _moto_server() as options:
-        yield options
+    }
+    with moto_process(REPOSITORY_ROOT, env) as (endpoint, pid):
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=MOTO_CREDENTIALS["key"],
+            aws_secret_access_key=MOTO_CREDENTIALS["secret"],
+            region_name=MOTO_REGION,
+        )
+        client.create_bucket(Bucket=S3_BUCKET)
+        options = {
+            **MOTO_CREDENTIALS,
+            "endpoint_url": endpoint,
+            "client_kwargs": {"region_name": MOTO_REGION},
+        }
+        yield options, pid
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Sampling profiles of the ``dagster_sutro`` download process with py-spy.
 
 py-spy samples every thread of the child process from outside, so the part workers are
-covered (``cProfile`` sees the main thread only). By default py-spy records only threads that
+covered (``cProfile`` samples only the main thread). By default py-spy records only threads that
 are running, not those blocked in a system call, so a sample count is CPU time of Python
 threads, attributed to the Python function that was running or that made the system call.
-Samples taken while the child imports its modules are left out.
+With ``--idle`` blocked threads are sampled too, which shows where the threads wait. Samples
+taken while the child imports its modules are left out.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Profile:
         self_samples: Samples per function that was on top of the stack.
         inclusive_samples: Samples per ``dagster_sutro`` function anywhere on the stack.
         stages: Samples per stage of the download, as :data:`STAGES` assigns them.
+        idle: Whether blocked threads were sampled too.
     """
 
     label: str
@@ -49,10 +51,11 @@ class Profile:
     self_samples: list[tuple[str, int]] = field(default_factory=list)
     inclusive_samples: list[tuple[str, int]] = field(default_factory=list)
     stages: list[tuple[str, int]] = field(default_factory=list)
+    idle: bool = False
 
     @property
     def cpu_seconds(self) -> float:
-        """The sampled CPU time of Python threads, an estimate from the sample rate."""
+        """The sampled thread time, estimated from the sample rate; CPU time unless ``idle``."""
         return self.samples / SAMPLES_PER_SECOND
 
 
@@ -81,6 +84,7 @@ def profile_sutro(
     destination: str,
     label: str,
     py_spy: str,
+    idle: bool = False,
 ) -> Profile:
     """Download ``artifact`` once with ``dagster_sutro`` under py-spy and summarize the samples.
 
@@ -90,6 +94,7 @@ def profile_sutro(
         destination: A local path or an ``s3://`` URL.
         label: The profile's title.
         py_spy: The py-spy program.
+        idle: Sample blocked threads too (py-spy ``--idle``), which shows where threads wait.
 
     Raises:
         ToolFailedError: If py-spy or the download fails.
@@ -106,6 +111,7 @@ def profile_sutro(
             "--nonblocking",
             "--rate",
             str(SAMPLES_PER_SECOND),
+            *(["--idle"] if idle else []),
             "-o",
             str(raw_path),
             "--",
@@ -129,10 +135,12 @@ def profile_sutro(
         stacks = _read_raw(raw_path.read_text(encoding="utf-8"))
 
     shown_command = (
-        f"py-spy record --format raw --nonblocking --rate {SAMPLES_PER_SECOND} -o <file> -- "
-        "python -m benchmarks.children sutro ..."
+        f"py-spy record --format raw --nonblocking --rate {SAMPLES_PER_SECOND}"
+        f"{' --idle' if idle else ''} -o <file> -- python -m benchmarks.children sutro ..."
     )
-    return summarize(stacks, label=label, command=shown_command, seconds=seconds)
+    profile = summarize(stacks, label=label, command=shown_command, seconds=seconds)
+    profile.idle = idle
+    return profile
 
 
 def _read_raw(text: str) -> list[tuple[list[str], int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.asset_run import AssetRunRequests
 from benchmarks.machine import Machine
-from benchmarks.profile import Profile
+from benchmarks.profile import SAMPLES_PER_SECOND, Profile
 from benchmarks.results import (
     LOOPBACK,
     S3,
@@ -68,6 +68,7 @@ class RunInfo:
         repetitions: Measurements per tool, per setting.
         artifacts: ``(label, size in bytes, ETag, seconds to build)`` per artifact.
         total_seconds: The run's duration.
+        load_averages: The 1, 5 and 15 minute load averages at the start and at the end.
         notes: Skipped tools and other remarks.
     """
 
@@ -79,6 +80,7 @@ class RunInfo:
     repetitions: dict[str, int]
     artifacts: list[tuple[str, int, str, float]]
     total_seconds: float = 0.0
+    load_averages: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
     notes: list[str] = field(default_factory=list)
 
 
@@ -143,10 +145,16 @@ def _header(info: RunInfo) -> str:
         "repetition.",
         f"- Peak memory: {info.memory_method}",
         "- The machine is shared with other work and noisy: absolute MiB/s vary between runs, "
-        "so compare the ratios, which come from the same run.",
+        "so compare the ratios, which come from the same run. Load average (1, 5, 15 min) at "
+        f"the start: {_loads(info.load_averages[0])}; at the end: "
+        f"{_loads(info.load_averages[1])}.",
     ]
     lines += [f"- Note: {note}" for note in info.notes]
     return "\n".join(lines) + "\n"
+
+
+def _loads(values: tuple[float, ...]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values) or "unknown"
 
 
 def _method(info: RunInfo) -> str:
@@ -167,8 +175,9 @@ store; (c) the destination is an `s3://` bucket on moto's server, where `dagster
 streams parts into a multipart upload and the baseline downloads to a local file with one
 stream and then uploads it with `fs.put`.
 
-"CPU s/GiB" is the user plus system CPU time of the downloading process per GiB; "server CPU"
-is that of the benchmark process, which runs the emulator and moto, over the same interval.
+"CPU s/GiB" is the user plus system CPU time of the downloading process per GiB (for the
+Python tools, only during the download); "Server CPU s/GiB" is that of the benchmark process,
+which runs the emulator, plus moto's server process, over the same interval.
 
 | Tool | Command |
 | --- | --- |
@@ -293,19 +302,23 @@ def _profiles_section(profiles: Sequence[Profile]) -> str:
     blocks = [
         "## Where the time goes",
         "",
-        "py-spy samples of the `dagster_sutro` download process, every thread, only while a "
-        "thread is running (threads blocked in a system call are not sampled), imports "
-        "excluded. A sample is attributed to the Python function that was running or made the "
-        "system call.",
+        "py-spy samples of the `dagster_sutro` download process at "
+        f"{SAMPLES_PER_SECOND} Hz per thread, every thread, imports excluded. Without `--idle` "
+        "only running threads are sampled, so the shares are shares of CPU time; with "
+        "`--idle` blocked threads are sampled too, so the shares are shares of thread time "
+        "and show where the threads wait. A sample is attributed to the Python function that "
+        "was running or made the system call.",
         "",
     ]
     for profile in profiles:
         total = profile.samples or 1
+        kind = "thread seconds (running and blocked)" if profile.idle else "CPU seconds"
         blocks += [
             f"### {profile.label}",
             "",
-            f"Download took {profile.seconds:.2f} s under the profiler; {profile.samples} samples "
-            f"≈ {profile.cpu_seconds:.2f} CPU s of Python threads. Command: `{profile.command}`",
+            f"The download took {profile.seconds:.2f} s under the profiler; {profile.samples} "
+            f"samples, about {profile.cpu_seconds:.2f} {kind} of Python threads. Command: "
+            f"`{profile.command}`",
             "",
             "| Stage | Share of samples |",
             "| --- | ---: |",

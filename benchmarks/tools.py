@@ -15,7 +15,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ REQUESTS_PUT = "requests + fs.put"
 # resource's default max_concurrency and part_size_bytes.
 ARIA2C_OPTIONS = ("-x8", "-s8", "-k16M")
 
-# Commands as the report shows them; <url> is the presigned GET URL.
+# Commands as the report shows them. <url> stands for the presigned GET URL.
 COMMANDS = {
     SUTRO: "python -m benchmarks.children sutro (SutroResource.download_results, defaults)",
     CURL: "curl -sS --fail -o <dest> <url>",
@@ -64,9 +64,9 @@ class Measurement:
         size_bytes: The artifact size.
         size_label: The requested artifact size, for example ``"256 MiB"``.
         repetition: The repetition number, from 0.
-        seconds: The time the throughput is computed from: the download until the file is
-            durable (Python tools: timed inside the process; other tools: the process's wall
-            time), plus the parent's ``fsync`` for tools that do not flush themselves.
+        seconds: The time the throughput is computed from, until the file is durable. Python
+            tools are timed inside the process, other tools by the process's wall time. For
+            tools that do not flush the file themselves the parent's ``fsync`` is added.
         wall_seconds: The process's wall time, interpreter start-up included.
         fsync_seconds: The part of ``seconds`` spent in the parent's ``fsync``.
         peak_rss_bytes: The downloading process's maximum resident set size.
@@ -74,8 +74,8 @@ class Measurement:
             before the download started.
         cpu_seconds: User plus system CPU time of the downloading process; for the Python
             tools only that of the download, measured inside the process.
-        server_cpu_seconds: CPU time of the benchmark process meanwhile, which runs the
-            emulator and moto's server.
+        server_cpu_seconds: CPU time of the benchmark process (which runs the emulator) and
+            of moto's server process meanwhile.
         phases: Seconds per step, for tools with more than one.
     """
 
@@ -99,7 +99,7 @@ class Measurement:
         return self.size_bytes / MIB / self.seconds
 
     def to_json(self) -> dict[str, Any]:
-        """The measurement as a JSON-compatible dict."""
+        """Convert the measurement to a JSON-compatible dict."""
         return asdict(self)
 
 
@@ -110,7 +110,7 @@ class Artifact:
     Attributes:
         job_id: The emulator job that serves it.
         path: The served file.
-        size_bytes: Its size; the emulator reaches the requested size approximately.
+        size_bytes: Its size, which matches the requested size only approximately.
         label: The requested size, for example ``"256 MiB"``.
         etag: Its ETag, quotes included.
         build_seconds: How long the emulator took to build it.
@@ -131,6 +131,7 @@ class DownloadTools:
         emulator: The running emulator that serves the artifacts.
         workdir: Where destinations and result files go.
         s3_storage_options: fsspec options of the moto server, for the ``s3`` setting.
+        server_pids: Other server processes (moto's) whose CPU time counts as server CPU.
     """
 
     def __init__(
@@ -139,8 +140,10 @@ class DownloadTools:
         workdir: Path,
         *,
         s3_storage_options: dict[str, Any] | None = None,
+        server_pids: Sequence[int] = (),
     ) -> None:
         self.emulator = emulator
+        self.server_pids = list(server_pids)
         self.workdir = workdir
         self.s3_storage_options = s3_storage_options
         self.resource = SutroResource(api_key=emulator.api_key, api_url=emulator.api_url)
@@ -176,9 +179,9 @@ class DownloadTools:
         # Dirty pages of earlier steps (the artifact build, the last download) would be
         # written back during this measurement otherwise.
         os.sync()
-        server_cpu_before = _own_cpu_seconds()
+        server_cpu_before = self._server_cpu_seconds()
         seconds, usage, child = runners[tool](artifact)
-        server_cpu = _own_cpu_seconds() - server_cpu_before
+        server_cpu = self._server_cpu_seconds() - server_cpu_before
         return Measurement(
             setting=setting,
             tool=tool,
@@ -274,6 +277,11 @@ class DownloadTools:
         return self._run_program(DD, command, destination, artifact)
 
     # Helpers
+
+    def _server_cpu_seconds(self) -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        own = usage.ru_utime + usage.ru_stime
+        return own + sum(_process_cpu_seconds(pid) for pid in self.server_pids)
 
     def _run_program(
         self, tool: str, command: list[str], destination: Path, artifact: Artifact
@@ -380,9 +388,14 @@ def _fsync(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def _process_cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU seconds of a running process, from ``/proc``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command name: field 14 (utime) and 15 (stime) of proc(5), in clock ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _timeout_for(artifact: Artifact) -> float:

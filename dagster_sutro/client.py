@@ -2,7 +2,7 @@
 
 The client knows the endpoints this package uses (``results-url``, ``job-status``, ``jobs``,
 ``list-jobs`` and ``try-authentication``), validates its inputs before any request, retries the
-answers that mean "try again", and turns every other error into a :class:`SutroError` whose
+responses that mean "try again", and turns every other error into a :class:`SutroError` whose
 text holds no credential. It imports nothing from Dagster, so it works the same in assets,
 sensors, tests and plain scripts.
 """
@@ -44,7 +44,7 @@ MAX_EXPIRES_IN_SECONDS = 604_800
 DEFAULT_EXPIRES_IN_SECONDS = 3600
 RETIRED_HOSTS = frozenset({"api.sutro.sh", "serve.sutro.sh"})
 
-# 524 is Cloudflare's origin timeout, which Sutro answers while a large artifact is built.
+# 524 is Cloudflare's origin timeout, which Sutro returns while a large artifact is built.
 RETRYABLE_STATUS_CODES = frozenset({429, 500, 502, 503, 504, 524})
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
@@ -83,10 +83,10 @@ def normalize_api_url(api_url: str) -> str:
             "example https://acme.sutro-deploy.example."
         )
     parts = urlsplit(value)
-    shown = redact_text(value)
+    display_value = redact_text(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInputError(
-            f"Sutro API URL {shown!r} is invalid: expected an origin such as "
+            f"Sutro API URL {display_value!r} is invalid: expected an origin such as "
             "https://acme.sutro-deploy.example."
         )
     if parts.username or parts.password:
@@ -96,23 +96,23 @@ def normalize_api_url(api_url: str) -> str:
         )
     if parts.query or parts.fragment:
         raise InvalidInputError(
-            f"Sutro API URL {shown!r} has a query string or fragment. Pass only the origin."
+            f"Sutro API URL {display_value!r} has a query string or fragment. Pass only the origin."
         )
     path = parts.path.rstrip("/")
     if path not in ("", "/v1"):
         raise InvalidInputError(
-            f"Sutro API URL {shown!r} has the path {parts.path!r}. Pass only the origin, "
+            f"Sutro API URL {display_value!r} has the path {parts.path!r}. Pass only the origin, "
             "optionally followed by /v1."
         )
     host = parts.hostname.lower()
     if host in RETIRED_HOSTS:
         raise InvalidInputError(
-            f"Sutro API URL {shown!r} names the retired central host {host}. Each customer "
+            f"Sutro API URL {display_value!r} names the retired central host {host}. Each customer "
             "now has its own deployment: set SUTRO_API_URL to your deployment's origin."
         )
     if parts.scheme == "http" and not _is_loopback(host):
         raise InvalidInputError(
-            f"Sutro API URL {shown!r} uses plain http. Use https; plain http is accepted "
+            f"Sutro API URL {display_value!r} uses plain http. Use https; plain http is accepted "
             "only for localhost and loopback addresses."
         )
     port = f":{parts.port}" if parts.port else ""
@@ -177,6 +177,24 @@ def validate_expires_in_seconds(expires_in_seconds: int) -> int:
             f"seconds from {MIN_EXPIRES_IN_SECONDS} to {MAX_EXPIRES_IN_SECONDS} (7 days)."
         )
     return expires_in_seconds
+
+
+class _ApiKeyAuth(requests.auth.AuthBase):
+    """Sets ``Authorization: Key <api key>`` on a request.
+
+    Passed as ``auth=``, so that requests does not look up ``~/.netrc``: a ``.netrc`` entry for
+    the deployment host would otherwise replace the header with Basic credentials.
+    """
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Key {self._api_key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_ApiKeyAuth()"
 
 
 class SutroClient:
@@ -254,7 +272,7 @@ class SutroClient:
             InvalidInputError: If an argument is invalid; no request is sent.
             SutroJobNotReadyError: If the job has not succeeded.
             SutroAuthenticationError: If the API key was rejected.
-            SutroApiError: For any other error answer.
+            SutroApiError: For any other error response.
         """
         validate_job_id(job_id)
         validate_expires_in_seconds(expires_in_seconds)
@@ -283,7 +301,7 @@ class SutroClient:
             ``CANCELLED``, ``FAILED`` or ``UNKNOWN``.
 
         Raises:
-            SutroApiError: If the request failed or the answer holds no state for the job.
+            SutroApiError: If the request failed or the response has no state for the job.
         """
         return self.get_job_status_details(job_id)[0]
 
@@ -302,7 +320,7 @@ class SutroClient:
         status = statuses.get(job_id) if isinstance(statuses, Mapping) else None
         if not isinstance(status, str):
             raise SutroApiError(
-                f"Sutro job-status answer for job {job_id} has no state for that job "
+                f"Sutro job-status response for job {job_id} has no state for that job "
                 "(expected job_status.<job_id>).",
                 status_code=200,
             )
@@ -328,7 +346,7 @@ class SutroClient:
         job = body.get("job")
         if not isinstance(job, dict):
             raise SutroApiError(
-                f"Sutro jobs answer for job {job_id} has no 'job' object.", status_code=200
+                f"Sutro jobs response for job {job_id} has no 'job' object.", status_code=200
             )
         return job
 
@@ -354,7 +372,7 @@ class SutroClient:
         body = self._get_json("list-jobs", params=params)
         jobs = body.get("jobs")
         if not isinstance(jobs, list):
-            raise SutroApiError("Sutro list-jobs answer has no 'jobs' list.", status_code=200)
+            raise SutroApiError("Sutro list-jobs response has no 'jobs' list.", status_code=200)
         next_cursor = body.get("next_cursor")
         return jobs, next_cursor if isinstance(next_cursor, str) and next_cursor else None
 
@@ -372,6 +390,7 @@ class SutroClient:
 
     def _job_not_ready(self, job_id: str, error: SutroApiError) -> SutroJobNotReadyError:
         """Build the 409 error, with the job's actual state from ``job-status``."""
+        lookup_failure: SutroApiError | None = None
         try:
             status, reason = self.get_job_status_details(job_id)
         except SutroApiError as status_error:
@@ -379,8 +398,22 @@ class SutroClient:
                 "Could not read the state of Sutro job %s after a 409: %s", job_id, status_error
             )
             status, reason = "UNKNOWN", None
+            lookup_failure = status_error
         message = f"Sutro job {job_id} is {status}, not SUCCEEDED, so its results are not ready."
-        if reason:
+        if lookup_failure is not None:
+            message = (
+                f"Sutro API returned 409 for the results of job {job_id}, so the job has not "
+                f"succeeded, and reading its state failed: {lookup_failure} Check the job in "
+                "Sutro and run again once it has succeeded."
+            )
+        elif status == "SUCCEEDED":
+            # The job finished between the two requests, or its artifact is not ready yet.
+            message = (
+                f"Sutro API returned 409 for the results of job {job_id}, but job-status now "
+                "reports SUCCEEDED: the job finished just now or its results are still being "
+                "prepared. Run again in a few minutes."
+            )
+        elif reason:
             message += f" Failure reason: {reason}"
         elif status in ("QUEUED", "STARTING", "RUNNING"):
             message += " Run again once the job has finished."
@@ -397,7 +430,6 @@ class SutroClient:
         """Send a GET to the API with retries and return the decoded JSON object."""
         url = f"{self.base_url}/{path}"
         headers = {
-            "Authorization": f"Key {self._api_key}",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
@@ -413,6 +445,7 @@ class SutroClient:
                     headers=headers,
                     timeout=(self.request_timeout_seconds, self.request_timeout_seconds),
                     allow_redirects=False,
+                    auth=_ApiKeyAuth(self._api_key),
                 )
             except requests.RequestException as exc:
                 failure = f"{type(exc).__name__}: {redact_text(str(exc))}"
@@ -457,7 +490,7 @@ class SutroClient:
         if 200 <= status < 300:
             if not isinstance(body, dict):
                 raise SutroApiError(
-                    f"Sutro API {endpoint} answered {status} with a body that is not a JSON "
+                    f"Sutro API {endpoint} returned {status} with a body that is not a JSON "
                     f"object ({_describe_body(response)}). Check that SUTRO_API_URL points at "
                     "a Sutro deployment.",
                     status_code=status,
@@ -541,7 +574,7 @@ def _describe_body(response: requests.Response) -> str:
 
 
 def _parse_results_url(job_id: str, body: Mapping[str, Any]) -> ResultsDownloadUrl:
-    """Validate a results-url answer and build its record."""
+    """Validate a results-url response and build its record."""
     try:
         artifact = body["artifact"]
         urls = body["urls"]
@@ -563,7 +596,7 @@ def _parse_results_url(job_id: str, body: Mapping[str, Any]) -> ResultsDownloadU
     except (KeyError, TypeError, ValueError) as exc:
         missing = exc.args[0] if isinstance(exc, KeyError) else type(exc).__name__
         raise SutroApiError(
-            f"Sutro results-url answer for job {job_id} is missing or has an invalid field "
+            f"Sutro results-url response for job {job_id} is missing or has an invalid field "
             f"({missing!r}); expected artifact.bucket/key/filename/size_bytes and urls.get/head. "
             "Check that SUTRO_API_URL points at a Sutro deployment.",
             status_code=200,
@@ -576,7 +609,7 @@ def _parse_results_url(job_id: str, body: Mapping[str, Any]) -> ResultsDownloadU
         or not record.artifact.filename
     ):
         raise SutroApiError(
-            f"Sutro results-url answer for job {job_id} has an invalid artifact "
+            f"Sutro results-url response for job {job_id} has an invalid artifact "
             f"(filename {record.artifact.filename!r}, size {record.artifact.size_bytes}).",
             status_code=200,
         )

@@ -16,7 +16,7 @@ class InvalidInputError(SutroError, ValueError):
 
 
 class SutroApiError(SutroError):
-    """The Sutro API answered with an error status or a body that could not be used.
+    """An error status, or an unusable body, in a response from the Sutro API.
 
     Attributes:
         status_code: The HTTP status code, or ``None`` when no response arrived.

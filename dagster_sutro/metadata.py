@@ -33,7 +33,7 @@ PREVIEW_CELL_CHARS = 80
 
 @dataclass(frozen=True)
 class ParquetSummary:
-    """What the asset records about a downloaded Parquet file.
+    """The footer facts and preview that the asset records about a downloaded Parquet file.
 
     Attributes:
         num_rows: The row count from the footer.
@@ -114,7 +114,7 @@ def materialization_metadata(
     """Build the metadata of a results materialization.
 
     Args:
-        urls: The results-url answer, for the job id, flags and artifact key.
+        urls: The results-url response, for the job id, flags and artifact key.
         result: The finished download.
         summary: The footer summary of the downloaded file.
 

@@ -92,7 +92,7 @@ def _presigned_expiry(url: str, fallback: float) -> float:
 
 @dataclass(frozen=True)
 class ArtifactHead:
-    """What a HEAD request on the artifact returned.
+    """The headers of a HEAD response for the artifact.
 
     Attributes:
         etag: The ETag exactly as storage returned it, quotes included. It is an opaque version

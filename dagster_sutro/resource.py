@@ -128,7 +128,7 @@ class SutroResource(dg.ConfigurableResource):
         Raises:
             SutroJobNotReadyError: If the job has not succeeded; it carries the job's state.
             SutroAuthenticationError: If the API key was rejected.
-            SutroApiError: For any other error answer.
+            SutroApiError: For any other error response.
         """
         return self.get_client().get_results_download_url(
             job_id,

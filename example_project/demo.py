@@ -4,9 +4,9 @@
 2. The second run finds the same ETag and skips the download.
 3. The artifact is replaced, and the third run materializes the new ETag.
 
-Each run is a separate ``dagster asset materialize`` process that shares one persistent
-``DAGSTER_HOME`` under ``--workdir``; the demo resets that directory when it starts, so every
-demo shows the same three steps.
+Each run is a separate ``dagster asset materialize`` process, and all three share one
+persistent ``DAGSTER_HOME`` under ``--workdir``. The demo resets that directory when it starts,
+so every demo shows the same three steps.
 """
 
 from __future__ import annotations

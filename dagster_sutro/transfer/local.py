@@ -11,6 +11,7 @@ version fetches the missing bytes plus less than one part.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -254,9 +255,17 @@ class LocalTarget:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             fd = _open_locked(partial_path, uri)
         except OSError as error:
-            failure = DestinationError(
-                f"Could not create the partial file beside {uri}: {error.strerror or error}."
-            )
+            blocking_file = _file_among_parents(path)
+            if blocking_file is not None:
+                failure = DestinationError(
+                    f"Could not create the partial file beside {uri}: {blocking_file} is a "
+                    "file, not a directory. Choose a destination whose parent directories are "
+                    "directories."
+                )
+            else:
+                failure = DestinationError(
+                    f"Could not create the partial file beside {uri}: {error.strerror or error}."
+                )
         if failure is not None:
             raise failure
 
@@ -264,6 +273,9 @@ class LocalTarget:
             target = cls(path=path, uri=uri, fd=fd, state=expected, relay=relay)
             target._resume_or_start(expected)
         except BaseException:
+            # Only a fresh start can fail here, so the partial file holds nothing to resume.
+            _remove_quietly(partial_path)
+            _remove_quietly(path + STATE_SUFFIX)
             os.close(fd)
             raise
         return target
@@ -384,10 +396,18 @@ class LocalTarget:
         self._close()
 
     def abandon(self, *, keep_partial: bool) -> None:
-        """Stop writing; keep the partial and state files for a resume, or delete them."""
+        """Stop writing; keep the partial and state files for a resume, or delete them.
+
+        A kept partial file gets a last state write, so the next download resumes every byte
+        written so far, not only those recorded at the last ``part_size`` boundary. When that
+        write fails (a full disk), the previous state file stays, which is still correct.
+        """
         if not keep_partial:
             _remove_quietly(self.partial_path)
             _remove_quietly(self.state_path)
+        elif self._state_enabled:
+            with self._lock, contextlib.suppress(DestinationError):
+                self._write_state()
         self._close()
 
     def _write_state(self) -> None:
@@ -405,6 +425,7 @@ class LocalTarget:
                 f"Writing the state file beside {self.uri} failed: {error.strerror or error}."
             )
         if failure is not None:
+            _remove_quietly(temporary)
             raise failure
 
     def _close(self) -> None:
@@ -496,6 +517,19 @@ def _fsync_directory(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _file_among_parents(path: str) -> str | None:
+    """Return the nearest existing parent of ``path`` when it is a file, not a directory."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        above = os.path.dirname(parent)
+        if above == parent:
+            return None
+        parent = above
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        return parent
+    return None
 
 
 def _remove_quietly(path: str) -> None:
