@@ -78,6 +78,7 @@ SETTING_TOOLS = {
 }
 MOTO_CREDENTIALS = {"key": "testing", "secret": "testing"}
 MOTO_REGION = "us-east-1"
+MOTO_READ_TIMEOUT_SECONDS = 600
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kib": 1024, "mib": MIB, "gib": 1024 * MIB}
@@ -417,6 +418,9 @@ def _optional_moto(enabled: bool) -> Iterator[tuple[dict[str, Any], int] | None]
             **MOTO_CREDENTIALS,
             "endpoint_url": endpoint,
             "client_kwargs": {"region_name": MOTO_REGION},
+            # moto needs more than s3fs's default read timeout of 15 s to complete a 2 GiB
+            # multipart upload, and a retried completion fails on moto's side.
+            "config_kwargs": {"read_timeout": MOTO_READ_TIMEOUT_SECONDS},
         }
         yield options, pid
 

@@ -125,11 +125,11 @@ def build_sutro_results_asset(
     )
     def _sutro_results(
         context: dg.AssetExecutionContext, config: SutroResultsConfig
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         sutro: SutroResource = getattr(context.resources, resource_key)
         request = ResultsRequest(
             job_id=config.job_id,
-            destination=config.destination or destination,
+            destination=destination if config.destination is None else config.destination,
             include_inputs=config.include_inputs,
             include_cumulative_logprobs=config.include_cumulative_logprobs,
             expires_in_seconds=config.expires_in_seconds,

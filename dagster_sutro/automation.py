@@ -216,7 +216,7 @@ def build_sutro_job_assets(
     )
     def _job_results(
         context: dg.AssetExecutionContext, config: SutroJobResultsConfig
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         sutro: SutroResource = getattr(context.resources, resource_key)
         request = ResultsRequest(
             job_id=job_id,

@@ -42,6 +42,7 @@ USER_AGENT = f"dagster-sutro/{__version__}"
 MIN_EXPIRES_IN_SECONDS = 1
 MAX_EXPIRES_IN_SECONDS = 604_800
 DEFAULT_EXPIRES_IN_SECONDS = 3600
+MAX_JOB_ID_CHARS = 256
 RETIRED_HOSTS = frozenset({"api.sutro.sh", "serve.sutro.sh"})
 
 # 524 is Cloudflare's origin timeout, which Sutro returns while a large artifact is built.
@@ -146,6 +147,16 @@ def validate_job_id(job_id: str) -> str:
         raise InvalidInputError(
             f"Job id {job_id!r} is invalid: it is empty. Pass the id of a Sutro job."
         )
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise InvalidInputError(
+            f"Job id {job_id[:40]!r}... is invalid: it is {len(job_id)} characters long, more "
+            f"than {MAX_JOB_ID_CHARS}. Copy the id from the Sutro job list."
+        )
+    if job_id in (".", ".."):
+        raise InvalidInputError(
+            f"Job id {job_id!r} is invalid: it is a relative path segment. Pass the id of a "
+            "Sutro job."
+        )
     bad = [char for char in job_id if char == "/" or char.isspace() or not char.isprintable()]
     if bad:
         raise InvalidInputError(
@@ -153,6 +164,35 @@ def validate_job_id(job_id: str) -> str:
             "whitespace or control characters; copy it from the Sutro job list."
         )
     return job_id
+
+
+def validate_api_key(api_key: str) -> str:
+    """Check that an API key can be sent in an HTTP header, without echoing it.
+
+    Args:
+        api_key: The Sutro API key, with surrounding whitespace already removed.
+
+    Returns:
+        The key, unchanged.
+
+    Raises:
+        InvalidInputError: If the key is empty or contains whitespace, control or non-ASCII
+            characters. The message never contains the key.
+    """
+    if not api_key:
+        raise InvalidInputError(
+            "Sutro API key is empty. Set SUTRO_API_KEY and pass it as "
+            'api_key=dg.EnvVar("SUTRO_API_KEY").'
+        )
+    for position, char in enumerate(api_key, start=1):
+        if char.isspace() or not char.isprintable() or not char.isascii():
+            kind = "whitespace" if char.isspace() else "a control or non-ASCII character"
+            raise InvalidInputError(
+                f"Sutro API key is invalid: character {position} of {len(api_key)} is {kind}, "
+                "which cannot be sent in an HTTP header. Check the value of SUTRO_API_KEY, "
+                "for example for a line break pasted into it."
+            )
+    return api_key
 
 
 def validate_expires_in_seconds(expires_in_seconds: int) -> int:
@@ -225,11 +265,7 @@ class SutroClient:
         session: requests.Session | None = None,
     ) -> None:
         self.base_url = normalize_api_url(api_url)
-        if not api_key or not api_key.strip():
-            raise InvalidInputError(
-                "Sutro API key is empty. Set SUTRO_API_KEY and pass it as "
-                'api_key=dg.EnvVar("SUTRO_API_KEY").'
-            )
+        api_key = validate_api_key((api_key or "").strip())
         if request_timeout_seconds <= 0:
             raise InvalidInputError(
                 f"request_timeout_seconds={request_timeout_seconds!r} is invalid: use a "
@@ -239,7 +275,7 @@ class SutroClient:
             raise InvalidInputError(
                 f"max_retries={max_retries!r} is invalid: use 0 or a positive whole number."
             )
-        self._api_key = api_key.strip()
+        self._api_key = api_key
         register_secret(self._api_key)
         install_log_redaction()
         self.request_timeout_seconds = request_timeout_seconds

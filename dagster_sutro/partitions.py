@@ -174,7 +174,7 @@ def build_sutro_partitioned_results_asset(
     )
     def _partitioned_results(
         context: dg.AssetExecutionContext, config: SutroPartitionedResultsConfig
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         sutro: SutroResource = getattr(context.resources, resource_key)
         job_id = context.partition_key
         request = ResultsRequest(

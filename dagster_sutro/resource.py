@@ -8,7 +8,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from dagster_sutro.client import DEFAULT_EXPIRES_IN_SECONDS, SutroClient, validate_job_id
+from dagster_sutro.client import (
+    DEFAULT_EXPIRES_IN_SECONDS,
+    SutroClient,
+    validate_expires_in_seconds,
+    validate_job_id,
+)
 from dagster_sutro.models import ArtifactHead, DownloadResult, ResultsDownloadUrl
 from dagster_sutro.transfer import (
     TransferSettings,
@@ -46,7 +51,8 @@ class SutroResource(dg.ConfigurableResource):
 
     api_key: str = Field(
         description='Sutro API key (sk_...). Pass dg.EnvVar("SUTRO_API_KEY") so the value '
-        "stays out of code and is hidden in the UI."
+        "stays out of code and is hidden in the UI.",
+        repr=False,
     )
     api_url: str = Field(
         description="Origin of your Sutro deployment, with or without /v1, for example "
@@ -209,6 +215,7 @@ class SutroResource(dg.ConfigurableResource):
                 print(result.uri, result.etag)
         """
         validate_job_id(job_id)
+        validate_expires_in_seconds(expires_in_seconds)
         target = resolve_destination(destination, storage_options=storage_options)
         client = self.get_client()
         settings = self.get_transfer_settings(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from dagster_sutro import metadata as md
 from dagster_sutro.checks import build_sutro_check_specs, evaluate_sutro_checks
@@ -117,7 +118,7 @@ def run_results_step(
     request: ResultsRequest,
     *,
     preview_rows: int = 5,
-) -> Iterator[dg.MaterializeResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Fetch a job's results artifact unless the destination already holds this version.
 
     Args:
@@ -127,9 +128,9 @@ def run_results_step(
         preview_rows: Number of rows in the preview metadata.
 
     Yields:
-        One materialization, or nothing when the artifact is unchanged. The materialization
-        carries the results of the asset's checks that the run selected (see
-        :mod:`dagster_sutro.checks`); a skipped run evaluates none of them.
+        One materialization that carries the results of the asset's selected checks (see
+        :mod:`dagster_sutro.checks`). When the artifact is unchanged, only the check results,
+        evaluated on the file already at the destination.
     """
     # Every input is checked before the first request, so bad config fails without side effects.
     try:
@@ -175,7 +176,10 @@ def run_results_step(
     )
 
     skip_reason = _skip_reason(context, request, target, urls, head, uri)
+    existing = None
     if skip_reason is not None:
+        existing = _read_existing_summary(context, target, urls.artifact.filename, uri)
+    if skip_reason is not None and existing is not None:
         context.log.info(f"Skipping the download of Sutro job {request.job_id}: {skip_reason}")
         context.log_event(
             dg.AssetObservation(
@@ -188,6 +192,15 @@ def run_results_step(
                     md.SKIP_REASON_KEY: skip_reason,
                 },
             )
+        )
+        # The checks are evaluated again on the file that stays in place, so that every run
+        # reports a result for each blocking check.
+        yield from evaluate_sutro_checks(
+            context,
+            client=client,
+            job_id=request.job_id,
+            num_rows=existing.num_rows,
+            schema=existing.schema,
         )
         return
 
@@ -230,6 +243,21 @@ def run_results_step(
         data_version=dg.DataVersion(result.etag),
         check_results=check_results or None,
     )
+
+
+def _read_existing_summary(
+    context: dg.AssetExecutionContext, target: Destination, filename: str, uri: str
+) -> md.ParquetSummary | None:
+    """Read the footer of the file already at the destination, or ``None`` if it is unreadable."""
+    fs, path, _ = target.for_filename(filename)
+    try:
+        return md.read_parquet_summary(fs, path, preview_rows=0)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        context.log.info(
+            f"{uri} has the recorded size but its Parquet footer cannot be read "
+            f"({type(error).__name__}), so the artifact is downloaded again."
+        )
+        return None
 
 
 def _skip_reason(

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
+
+import fsspec
+from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from dagster_sutro.client import SutroClient
 from dagster_sutro.models import ResultsDownloadUrl
@@ -128,3 +134,52 @@ def write_earlier_file(path: Path, content: bytes = b"earlier results, kept on f
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return content
+
+
+# fsspec filesystems whose writers fail, for destination faults that no local filesystem shows.
+
+
+class ReadOnlyMemoryFileSystem(MemoryFileSystem):
+    """A memory filesystem that rejects every write, like a bucket without write permission."""
+
+    protocol = "sutroreadonly"
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
+
+    def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode or "a" in mode or "x" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return super()._open(path, mode, *args, **kwargs)
+
+
+class FullDiskMemoryFile(MemoryFile):
+    """A memory file that runs out of space after ``FullDiskMemoryFileSystem.capacity`` bytes."""
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > FullDiskMemoryFileSystem.capacity:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+class FullDiskMemoryFileSystem(MemoryFileSystem):
+    """A memory filesystem with little room, for a destination that fills while it is written."""
+
+    protocol = "sutrofull"
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
+    capacity = 2 * MIB
+
+    def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        if mode == "wb":
+            path = self._strip_protocol(path)
+            file = FullDiskMemoryFile(self, path, kwargs.get("data"))
+            file.commit()
+            return file
+        return super()._open(path, mode, *args, **kwargs)
+
+
+def register_filesystem(filesystem_class: type[MemoryFileSystem]) -> fsspec.AbstractFileSystem:
+    """Register a memory filesystem class under its protocol and return an instance."""
+    protocol = str(filesystem_class.protocol)
+    fsspec.register_implementation(protocol, filesystem_class, clobber=True)
+    return fsspec.filesystem(protocol)

@@ -282,3 +282,33 @@ def test_no_credentials_in_logs_or_events(
     assert canary_key not in blob
     for signature in signatures:
         assert signature not in blob
+
+
+def test_corrupted_destination_downloads_again(
+    emulator: SutroEmulator, sutro: SutroResource, instance, asset, destination: Path
+) -> None:
+    job_id = emulator.add_job(num_rows=20)
+    assert _materialize(asset, sutro, instance, job_id=job_id).success
+    published = destination / emulator.artifact_path(job_id).name
+    size = published.stat().st_size
+    published.write_bytes(b"\0" * size)
+
+    result = _materialize(asset, sutro, instance, job_id=job_id)
+
+    assert result.success
+    assert len(result.asset_materializations_for_node(asset.node_def.name)) == 1
+    assert _sha256(published) == _sha256(emulator.artifact_path(job_id))
+
+
+def test_empty_destination_in_config_rejected(
+    emulator: SutroEmulator, sutro: SutroResource, instance, asset
+) -> None:
+    job_id = emulator.add_job(num_rows=5)
+    emulator.clear_requests()
+
+    result = _materialize(asset, sutro, instance, job_id=job_id, destination="")
+
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message  # type: ignore[union-attr]
+    assert "destination" in message.lower()
+    assert emulator.api_requests == []

@@ -187,7 +187,7 @@ def test_replaced_artifact_same_schema_passes(
     assert evaluations[ROW_COUNT_POSITIVE_CHECK].metadata["dagster/row_count"].value == 45
 
 
-def test_skipped_download_evaluates_no_checks(
+def test_skipped_download_checks_existing_file(
     emulator: SutroEmulator, sutro: SutroResource, instance, asset, downstream
 ) -> None:
     job_id = emulator.add_job(num_rows=20)
@@ -197,7 +197,14 @@ def test_skipped_download_evaluates_no_checks(
 
     assert second.success
     assert second.asset_materializations_for_node(asset.node_def.name) == []
-    assert second.get_asset_check_evaluations() == []
+    evaluations = _evaluations(second)
+    assert set(evaluations) == {
+        ROW_COUNT_POSITIVE_CHECK,
+        OUTPUTS_COLUMN_PRESENT_CHECK,
+        SCHEMA_UNCHANGED_CHECK,
+    }
+    assert all(evaluation.passed for evaluation in evaluations.values())
+    assert evaluations[ROW_COUNT_POSITIVE_CHECK].metadata["dagster/row_count"].value == 20
     assert _step_succeeded(second, asset.node_def.name)
     assert not _step_succeeded(second, downstream.node_def.name)
 

@@ -227,7 +227,7 @@ def test_connection_refused_is_retried_then_raised(monkeypatch: pytest.MonkeyPat
         client.try_authentication()
 
 
-@pytest.mark.parametrize("job_id", ["", "a/b", "job 1", "job\n1", "job\x00"])
+@pytest.mark.parametrize("job_id", ["", "a/b", "job 1", "job\n1", "job\x00", ".", "..", "j" * 257])
 def test_invalid_job_id_sends_nothing(
     client: SutroClient, emulator: SutroEmulator, job_id: str
 ) -> None:
@@ -245,3 +245,24 @@ def test_invalid_expiry_sends_nothing(
         client.get_results_download_url("job-1", expires_in_seconds=expires)
 
     assert emulator.api_requests == []
+
+
+@pytest.mark.parametrize(
+    "api_key",
+    ["sk_canary_part1\nsk_canary_part2", "sk_canary\tkey_0123", "sk_canary_key_0123\u20ac", "  "],
+)
+def test_invalid_api_key_rejected_unechoed(emulator: SutroEmulator, api_key: str) -> None:
+    with pytest.raises(InvalidInputError, match="API key") as raised:
+        SutroClient(emulator.api_url, api_key)
+
+    assert "canary" not in str(raised.value)
+    assert emulator.api_requests == []
+
+
+def test_resource_repr_hides_key(emulator: SutroEmulator) -> None:
+    from dagster_sutro import SutroResource
+
+    resource = SutroResource(api_key="sk_canary_resource_0123", api_url=emulator.api_url)
+
+    assert "sk_canary_resource_0123" not in repr(resource)
+    assert "sk_canary_resource_0123" not in str(resource)

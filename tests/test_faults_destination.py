@@ -17,21 +17,23 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import dagster as dg
-import fsspec
 import pytest
 from faults_support import (
     MIB,
+    FullDiskMemoryFileSystem,
+    ReadOnlyMemoryFileSystem,
     ResultsUrls,
     fast_settings,
+    register_filesystem,
     sha256_of,
     storage_gets,
     write_earlier_file,
 )
-from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
+from fsspec.implementations.memory import MemoryFile
 
 from dagster_sutro import SutroResource, SutroResultsConfig, build_sutro_results_asset
 from dagster_sutro.errors import ArtifactChangedError, DestinationError
@@ -126,22 +128,8 @@ def test_read_only_filesystem_keeps_earlier_file(
     assert storage_gets(emulator) == []
 
 
-class ReadOnlyMemoryFileSystem(MemoryFileSystem):
-    """A memory filesystem that rejects every write, like a bucket without write permission."""
-
-    protocol = "sutroreadonly"
-    store: ClassVar[dict[str, Any]] = {}
-    pseudo_dirs: ClassVar[list[str]] = [""]
-
-    def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
-        if "w" in mode or "a" in mode or "x" in mode:
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        return super()._open(path, mode, *args, **kwargs)
-
-
 def test_unwritable_fsspec_keeps_earlier_file(emulator: SutroEmulator) -> None:
-    fsspec.register_implementation("sutroreadonly", ReadOnlyMemoryFileSystem, clobber=True)
-    fs = fsspec.filesystem("sutroreadonly")
+    fs = register_filesystem(ReadOnlyMemoryFileSystem)
     urls = ResultsUrls(emulator, emulator.add_job(target_size_bytes=2 * MIB))
     path = f"/results/{urls.filename}"
     earlier = b"earlier results, kept on failure\n"
@@ -332,35 +320,8 @@ def test_disk_filling_keeps_earlier_file(emulator: SutroEmulator, small_tmpfs: P
     assert _listing(small_tmpfs) == [urls.filename]
 
 
-class FullDiskMemoryFile(MemoryFile):
-    """A memory file that runs out of space after ``FullDiskMemoryFileSystem.capacity`` bytes."""
-
-    def write(self, data: Any) -> int:
-        if self.tell() + len(data) > FullDiskMemoryFileSystem.capacity:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return super().write(data)
-
-
-class FullDiskMemoryFileSystem(MemoryFileSystem):
-    """A memory filesystem with little room, for a destination that fills while it is written."""
-
-    protocol = "sutrofull"
-    store: ClassVar[dict[str, Any]] = {}
-    pseudo_dirs: ClassVar[list[str]] = [""]
-    capacity = 2 * MIB
-
-    def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
-        if mode == "wb":
-            path = self._strip_protocol(path)
-            file = FullDiskMemoryFile(self, path, kwargs.get("data"))
-            file.commit()
-            return file
-        return super()._open(path, mode, *args, **kwargs)
-
-
 def test_full_fsspec_keeps_earlier_file(emulator: SutroEmulator) -> None:
-    fsspec.register_implementation("sutrofull", FullDiskMemoryFileSystem, clobber=True)
-    fs = fsspec.filesystem("sutrofull")
+    fs = register_filesystem(FullDiskMemoryFileSystem)
     urls = ResultsUrls(emulator, emulator.add_job(target_size_bytes=4 * MIB))
     path = f"/results/{urls.filename}"
     earlier = b"earlier results, kept on failure\n"

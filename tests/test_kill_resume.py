@@ -9,6 +9,7 @@ the bytes and ``Range`` headers the emulator recorded, and publish an identical 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,14 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from faults_support import MIB, range_start, sha256_of, storage_gets
+from faults_support import (
+    MIB,
+    ResultsUrls,
+    fast_settings,
+    range_start,
+    sha256_of,
+    storage_gets,
+)
 
 from dagster_sutro import (
     SutroResource,
@@ -28,7 +36,10 @@ from dagster_sutro import (
     build_sutro_results_asset,
     metadata as md,
 )
+from dagster_sutro.errors import StorageError
 from dagster_sutro.testing import RecordedRequest, SutroEmulator
+from dagster_sutro.transfer import download_artifact
+from dagster_sutro.transfer.local import current_boot_id
 
 PART_SIZE_BYTES = 2 * MIB
 MAX_CONCURRENCY = 2
@@ -209,6 +220,10 @@ def test_killed_asset_run_resumes_missing_bytes(
     killed = _run_child_and_kill_halfway(emulator, job_id, destination, dagster_home)
 
     assert not (destination / source_path.name).exists()
+    state_text = json.dumps(killed.state)
+    assert emulator.api_key not in state_text
+    for request in emulator.storage_requests:
+        assert request.query["X-Amz-Signature"] not in state_text
     written = _matching_prefix_bytes(killed.partial, source)
     recorded = _recorded_bytes(killed.state, size)
     assert recorded >= size // 2
@@ -267,3 +282,39 @@ def test_killed_run_replaced_artifact_restarts(
     # The partial file of the old version is discarded, never mixed into the new one.
     assert sum(request.body_bytes for request in storage_gets(emulator)) == len(new_source)
     assert sorted(path.name for path in destination.iterdir()) == [published.name]
+
+
+@pytest.mark.skipif(current_boot_id() is None, reason="this system exposes no boot id")
+def test_state_from_earlier_boot_is_discarded(
+    emulator: SutroEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    urls = ResultsUrls(emulator, emulator.add_job(target_size_bytes=6 * MIB))
+    destination = tmp_path / "results"
+    part = 4 * MIB
+    emulator.faults.truncate_body(MIB, times=1)
+    with pytest.raises(StorageError):
+        download_artifact(
+            urls,
+            f"{destination}/",
+            settings=fast_settings(
+                part_size_bytes=part, max_concurrency=1, max_attempts_per_part=1
+            ),
+        )
+    state_path = destination / f"{urls.filename}.sutro-partial.json"
+    state = json.loads(state_path.read_text())
+    assert state["boot_id"] == current_boot_id()
+    assert state["partial_parts"] == [[0, MIB]]
+    # The machine restarted since: the page cache, and maybe these bytes, are gone.
+    state_path.write_text(json.dumps({**state, "boot_id": "an-earlier-boot"}))
+    emulator.clear_requests()
+
+    with caplog.at_level(logging.INFO, logger="dagster_sutro.transfer"):
+        result = download_artifact(
+            urls, f"{destination}/", settings=fast_settings(part_size_bytes=part)
+        )
+
+    source = urls.source
+    assert sha256_of(destination / urls.filename) == sha256_of(source)
+    assert result.resumed_bytes == 0
+    assert sum(request.body_bytes for request in storage_gets(emulator)) == len(source)
+    assert "written before the machine restarted" in caplog.text

@@ -30,8 +30,11 @@ import fsspec
 import pytest
 from faults_support import (
     MIB,
+    FullDiskMemoryFileSystem,
+    ReadOnlyMemoryFileSystem,
     ResultsUrls,
     fast_settings,
+    register_filesystem,
     with_broken_get_signature,
 )
 
@@ -387,6 +390,18 @@ def _destination_under_file(scene: Scene) -> None:
     scene.download(scene.witness.results_urls(scene.job()), f"{blocker}/sutro/")
 
 
+def _unwritable_fsspec(scene: Scene) -> None:
+    fs = register_filesystem(ReadOnlyMemoryFileSystem)
+    scene.download(scene.witness.results_urls(scene.job()), "sutroreadonly://leaks/")
+    fs.store.clear()
+
+
+def _full_fsspec(scene: Scene) -> None:
+    fs = register_filesystem(FullDiskMemoryFileSystem)
+    scene.download(scene.witness.results_urls(scene.job()), "sutrofull://leaks/")
+    fs.store.clear()
+
+
 def _client_call(scene: Scene, key: str, job_id: str) -> None:
     client = SutroClient(scene.emulator.api_url, key, max_retries=1)
     scene.witness.run(lambda: client.get_results_download_url(job_id))
@@ -403,6 +418,12 @@ def _api_forbidden_html(scene: Scene) -> None:
 
 def _api_job_not_ready(scene: Scene) -> None:
     _client_call(scene, CANARY_API_KEY, scene.emulator.add_job(num_rows=5, status="RUNNING"))
+
+
+def _api_job_state_unreadable(scene: Scene) -> None:
+    job_id = scene.emulator.add_job(num_rows=5, status="RUNNING")
+    scene.emulator.faults.status_sequence([500] * 5, server="api", path_contains="job-status")
+    _client_call(scene, CANARY_API_KEY, job_id)
 
 
 def _api_status_sequence(status: int) -> Callable[[Scene], None]:
@@ -455,9 +476,12 @@ SCENARIOS: dict[str, Callable[[Scene], None]] = {
     "expired-always": _expired_always,
     "truncated-parquet": _truncated_parquet,
     "destination-under-file": _destination_under_file,
+    "destination-unwritable": _unwritable_fsspec,
+    "destination-full": _full_fsspec,
     "api-wrong-key": _api_wrong_key,
     "api-forbidden-html": _api_forbidden_html,
     "api-job-not-ready": _api_job_not_ready,
+    "api-job-state-unreadable": _api_job_state_unreadable,
     "api-rate-limited": _api_status_sequence(429),
     "api-origin-timeout": _api_status_sequence(524),
     "api-forbidden-json": _api_status_sequence(403),

@@ -12,6 +12,7 @@ import html
 import json
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -109,9 +110,17 @@ CHROMIUM_FLAGS = [
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    # A port below Linux's ephemeral range (32768 and up), so that the emulator's and the
+    # clients' ephemeral ports cannot take it between this check and the server's bind.
+    for _ in range(100):
+        port = random.randint(20000, 30000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("No free port found between 20000 and 30000 on 127.0.0.1.")
 
 
 def _graphql(base_url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

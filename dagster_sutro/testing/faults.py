@@ -2,7 +2,9 @@
 
 Each method of :class:`FaultController` adds a rule and returns it as a :class:`FaultRule`.
 A rule with ``times=N`` applies to the next N matching requests and then retires. With
-``times=None`` it applies until removed. ``job_id=None`` matches every object, and storage
+``times=None`` it applies until removed, except :meth:`FaultController.status_sequence`,
+whose ``times`` counts plays of the whole sequence and defaults to one play. ``job_id=None``
+matches every object, and storage
 rules match ``GET`` requests unless given another ``method`` (``None`` matches any method).
 """
 

@@ -182,7 +182,40 @@ def resolve_destination(
             f"The destination {shown!r} names no file. End it with '/' to write the artifact "
             "under its own file name."
         )
-    return Destination(fs=fs, path=path, is_directory=is_directory, original=destination)
+    if protocol in S3_PROTOCOLS and (not path.strip("/") or path.startswith("/")):
+        raise InvalidInputError(
+            f"The destination {shown!r} names no bucket. Pass s3://<bucket>/<prefix>/."
+        )
+    resolved = Destination(fs=fs, path=path, is_directory=is_directory, original=destination)
+    if resolved.is_local:
+        _check_local_destination(resolved, shown)
+    return resolved
+
+
+def _check_local_destination(destination: Destination, shown: str) -> None:
+    """Reject local destinations that cannot be written, before any request is sent."""
+    if destination.original.strip() in ("file://", "file:"):
+        raise InvalidInputError(
+            f"The destination {shown!r} names no directory. Pass a path such as "
+            "'file:///data/sutro/' or '/data/sutro/'."
+        )
+    if not destination.is_directory and os.path.isdir(destination.path):
+        raise InvalidInputError(
+            f"The destination {shown!r} is an existing directory. End it with '/' to write the "
+            "artifact under its own file name inside it."
+        )
+    directory = destination.path if destination.is_directory else os.path.dirname(destination.path)
+    ancestor = directory
+    while ancestor and not os.path.lexists(ancestor):
+        parent = os.path.dirname(ancestor)
+        if parent == ancestor:
+            break
+        ancestor = parent
+    if ancestor and os.path.lexists(ancestor) and not os.path.isdir(ancestor):
+        raise InvalidInputError(
+            f"The destination {shown!r} cannot be created: {ancestor} is a file, not a "
+            "directory. Choose a path whose parent folders are directories."
+        )
 
 
 def _check_filename(filename: str) -> None:

@@ -25,7 +25,12 @@ from dagster_sutro.models import ArtifactHead, DownloadResult, ResultsDownloadUr
 from dagster_sutro.redaction import install_log_redaction
 from dagster_sutro.transfer.destination import Destination, resolve_destination
 from dagster_sutro.transfer.fetch import Fetcher, MemorySink, wait_before_retry
-from dagster_sutro.transfer.local import LocalTarget, ResumeState, artifact_key_sha256
+from dagster_sutro.transfer.local import (
+    LocalTarget,
+    ResumeState,
+    artifact_key_sha256,
+    current_boot_id,
+)
 from dagster_sutro.transfer.ordered import OrderedWriter
 from dagster_sutro.transfer.plan import Part, PartPlan
 from dagster_sutro.transfer.progress import (
@@ -338,6 +343,7 @@ class _ArtifactDownload:
             etag=head.etag,
             size=head.content_length,
             part_size=plan.part_size,
+            boot_id=current_boot_id(),
         )
         target = LocalTarget.open(path=path, uri=uri, expected=expected, relay=self._relay)
         finished = {index for index in target.finished_parts if index < plan.count}

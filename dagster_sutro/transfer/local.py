@@ -7,6 +7,11 @@ unfinished ones got, for which artifact (a SHA-256 of bucket and key), ETag, siz
 size. It never contains a URL. It is rewritten when a part completes and after every
 ``part_size`` bytes written, so after a process is killed the next download of the same
 version fetches the missing bytes plus less than one part.
+
+Neither file is fsynced while the download runs. A process that is killed leaves both in the
+page cache, but after a power loss the state file may list parts whose bytes never reached the
+disk. So the state file records the boot it was written in, and a state file from an earlier
+boot is discarded instead of resumed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,21 @@ PARTIAL_SUFFIX = ".sutro-partial"
 STATE_SUFFIX = ".sutro-partial.json"
 STATE_FORMAT = "dagster-sutro partial download"
 STATE_VERSION = 1
+# Linux's id of the running boot; it changes at every restart, and not when a process dies.
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def current_boot_id() -> str | None:
+    """Return the id of the running boot of the operating system, or ``None`` if unknown.
+
+    NOTE: only Linux exposes a boot id. Elsewhere a state file from before a power loss is
+    resumed, and may list bytes that never reached the disk.
+    """
+    try:
+        with open(BOOT_ID_PATH, encoding="ascii") as boot_id_file:
+            return boot_id_file.read().strip() or None
+    except OSError:
+        return None
 
 
 def artifact_key_sha256(bucket: str, key: str) -> str:
@@ -54,6 +74,7 @@ class ResumeState:
         finished_parts: The indices of the parts that are completely written.
         partial_parts: For parts that are partly written, the number of bytes written
             from the part's start.
+        boot_id: The boot of the operating system the state was written in, when known.
     """
 
     key_sha256: str
@@ -62,6 +83,7 @@ class ResumeState:
     part_size: int
     finished_parts: set[int] = field(default_factory=set)
     partial_parts: dict[int, int] = field(default_factory=dict)
+    boot_id: str | None = None
 
     def to_json(self) -> str:
         """Serialize the state; finished parts are stored as inclusive index ranges."""
@@ -77,6 +99,7 @@ class ResumeState:
                 "partial_parts": sorted(
                     [index, written] for index, written in self.partial_parts.items() if written
                 ),
+                "boot_id": self.boot_id,
             },
             separators=(",", ":"),
         )
@@ -104,6 +127,7 @@ class ResumeState:
                 raise ValueError("invalid partial part")
             if written > 0 and index not in finished:
                 partial[index] = written
+        boot_id = data.get("boot_id")
         return cls(
             key_sha256=str(data["key_sha256"]),
             etag=str(data["etag"]),
@@ -111,6 +135,7 @@ class ResumeState:
             part_size=int(data["part_size"]),
             finished_parts=finished,
             partial_parts=partial,
+            boot_id=boot_id if isinstance(boot_id, str) else None,
         )
 
     def mismatch(self, expected: ResumeState) -> str | None:
@@ -125,6 +150,11 @@ class ResumeState:
             return (
                 f"it used parts of {self.part_size} bytes and this download uses "
                 f"{expected.part_size} bytes"
+            )
+        if expected.boot_id is not None and self.boot_id != expected.boot_id:
+            return (
+                "it was written before the machine restarted, so its bytes may not have "
+                "reached the disk"
             )
         return None
 
@@ -284,6 +314,8 @@ class LocalTarget:
         reason = None
         previous: ResumeState | None = None
         try:
+            if os.path.islink(self.state_path):
+                raise ValueError("the state file is a symlink")
             with open(self.state_path, encoding="utf-8") as state_file:
                 previous = ResumeState.from_json(state_file.read())
         except FileNotFoundError:
@@ -310,6 +342,7 @@ class LocalTarget:
             etag=expected.etag,
             size=expected.size,
             part_size=expected.part_size,
+            boot_id=expected.boot_id,
         )
         _allocate(self._fd, expected.size, self.partial_path, self.uri)
         self._write_state()
@@ -411,13 +444,14 @@ class LocalTarget:
         self._close()
 
     def _write_state(self) -> None:
-        # NOTE: neither the partial file nor the state file is fsynced here, so the state
-        # survives a killed process (the page cache keeps both) but not a power loss, after
-        # which it may record bytes that never reached the disk.
+        # Neither file is fsynced here. The state survives a killed process, because the page
+        # cache keeps both files, and the boot id in it voids it after a power loss.
         temporary = self.state_path + ".tmp"
         failure: DestinationError | None = None
         try:
-            with open(temporary, "w", encoding="utf-8") as state_file:
+            _remove_symlink(temporary)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(temporary, flags, 0o666), "w", encoding="utf-8") as state_file:
                 state_file.write(self.state.to_json())
             os.replace(temporary, self.state_path)
         except OSError as error:
@@ -434,10 +468,24 @@ class LocalTarget:
             self._fd = -1
 
 
+def _remove_symlink(path: str) -> None:
+    if os.path.islink(path):
+        os.unlink(path)
+
+
 def _open_locked(partial_path: str, uri: str) -> int:
     """Open the partial file and lock it; the lock ends when the process does."""
     for _ in range(3):
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        # A symlink at the partial file's name is not ours: it is removed, never followed, so
+        # that the download cannot overwrite the file it points to.
+        _remove_symlink(partial_path)
+        flags = (
+            os.O_RDWR
+            | os.O_CREAT
+            | getattr(os, "O_NOFOLLOW", 0)
+            | getattr(os, "O_CLOEXEC", 0)
+            | getattr(os, "O_BINARY", 0)
+        )
         fd = os.open(partial_path, flags, 0o666)
         try:
             # NOTE: without fcntl (Windows) the partial file is not locked against a second
