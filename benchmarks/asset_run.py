@@ -21,7 +21,7 @@ ASSET_ROWS = 2000
 
 @dataclass(frozen=True)
 class AssetRunRequests:
-    """What the second, unchanged-ETag run of the results asset sent.
+    """The requests and results of the second, unchanged-ETag run of the results asset.
 
     Attributes:
         api_requests: ``"METHOD /path"`` of each API request, in order.

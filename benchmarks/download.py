@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"Measure {QUICK_SIZES} with one repetition and no profile. The page is written "
         "only when --output is given.",
     )
+
     parser.add_argument(
         "--sizes",
         type=parse_sizes,
@@ -132,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(SETTINGS),
         help="Comma-separated settings to run: loopback, throttled, s3 (default: all).",
     )
+
     parser.add_argument(
         "--repetitions",
         type=int,
@@ -158,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         help="The per-connection storage cap of the throttled setting, in MiB/s (default "
         f"{DEFAULT_THROTTLE_MIB_PER_SECOND:g}).",
     )
+
     parser.add_argument(
         "--output",
         type=Path,
@@ -171,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Directory under which the run's scratch directory is created (default: the "
         "system temporary directory). It needs room for the largest artifact twice.",
     )
+
     parser.add_argument("--keep-workdir", action="store_true", help="Keep the scratch directory.")
     parser.add_argument(
         "--no-profile", action="store_true", help="Skip the py-spy profiles of dagster_sutro."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -177,30 +178,39 @@ def _run(
     *,
     pass_fds: tuple[int, ...],
 ) -> subprocess.CompletedProcess[str]:
+    # A session of its own, so that a timeout kills the tool and not only its wrapper.
+    process = subprocess.Popen(
+        list(command),
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        pass_fds=pass_fds,
+        start_new_session=True,
+    )
     try:
-        return subprocess.run(
-            list(command),
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            timeout=timeout_seconds,
-            pass_fds=pass_fds,
-            check=False,
-        )
+        _, stderr = process.communicate(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         raise ToolFailedError(
-            f"{name} did not finish within {timeout_seconds:.0f} s and was killed."
+            f"{name} did not finish within {timeout_seconds:g} s and was killed."
         ) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, None, stderr)
 
 
 def _raise_on_failure(completed: subprocess.CompletedProcess[str], name: str) -> None:
     if completed.returncode == 0:
         return
     # The last lines of stderr explain the failure; credentials are masked first.
-    tail = "\n".join(redact_text(completed.stderr).strip().splitlines()[-15:])
+    lines = [
+        line
+        for line in redact_text(completed.stderr).strip().splitlines()
+        if not _WRAPPER_LINE.search(line)
+    ]
+    tail = "\n".join(lines[-15:])
     raise ToolFailedError(f"{name} exited with status {completed.returncode}:\n{tail}")
 
 

@@ -167,17 +167,18 @@ local tool the benchmark calls `fsync` on the finished file right after the proc
 adds that time: each tool is timed until the file is durable. For the Python tools the time is
 taken inside the process around the download (interpreter start-up and imports excluded); for
 the other programs it is the process's wall time. The `dagster_sutro` time includes its
-`results-url` API call, the HEAD and the Parquet footer check.
+`results-url` API call, the HEAD and the Parquet footer check. Before each measurement the
+benchmark calls `os.sync()`, so no writeback of an earlier step overlaps it.
 
-Settings: (a) the emulator serves at full speed over 127.0.0.1; (b) the emulator caps every
-storage connection at {info.throttle_mib_per_second:g} MiB/s, standing in for a real object
-store; (c) the destination is an `s3://` bucket on moto's server, where `dagster_sutro`
-streams parts into a multipart upload and the baseline downloads to a local file with one
+Settings: in (a) the emulator serves at full speed over 127.0.0.1. In (b) the emulator caps
+every storage connection at {info.throttle_mib_per_second:g} MiB/s, standing in for a real
+object store. In (c) the destination is an `s3://` bucket on moto's server: `dagster_sutro`
+streams the parts into a multipart upload, and the baseline downloads to a local file with one
 stream and then uploads it with `fs.put`.
 
-"CPU s/GiB" is the user plus system CPU time of the downloading process per GiB (for the
-Python tools, only during the download); "Server CPU s/GiB" is that of the benchmark process,
-which runs the emulator, plus moto's server process, over the same interval.
+"CPU s/GiB" is the user plus system CPU time of the downloading process per GiB, for the
+Python tools only during the download. "Server CPU s/GiB" is the CPU time of the benchmark
+process, which runs the emulator, plus that of moto's server process, over the same interval.
 
 | Tool | Command |
 | --- | --- |
@@ -256,22 +257,26 @@ def _asset_section(requests: AssetRunRequests | None) -> str:
         f"{method} {count}" for method, count in sorted(requests.storage_requests.items())
     )
     api = ", ".join(f"`{line}`" for line in requests.api_requests) or "none"
+    results_url_calls = sum(1 for line in requests.api_requests if line.endswith("/results-url"))
     expected = (
-        len(requests.api_requests) == 1
+        results_url_calls == 1
         and requests.storage_requests.get("HEAD", 0) == 1
         and requests.storage_gets == 0
     )
-    verdict = "as expected" if expected else "NOT as expected"
+    verdict = (
+        "one `results-url` call, one HEAD and no GET, as expected"
+        if expected
+        else "NOT the expected one `results-url` call, one HEAD and no GET"
+    )
     return f"""### Unchanged-ETag asset run
 
-`build_sutro_results_asset` materialized twice with `dg.materialize` on one
-`DagsterInstance.ephemeral()`; the second run's requests to the emulator ({verdict}: one API
-call, one HEAD, no GET):
+`build_sutro_results_asset` was materialized twice with `dg.materialize` on one
+`DagsterInstance.ephemeral()`. The second run sent {verdict}:
 
 - API requests: {len(requests.api_requests)} ({api})
 - Storage requests: {storage or "none"}
-- Materializations recorded by the second run: {requests.materializations}; run succeeded:
-  {requests.second_run_succeeded}
+- Materializations recorded by the second run: {requests.materializations}; the run
+  succeeded: {requests.second_run_succeeded}
 """
 
 

@@ -103,8 +103,9 @@ def test_quick_run_records_time_and_memory(quick_run: dict) -> None:
 
 def test_unchanged_asset_run_skips_download(quick_run: dict) -> None:
     page = quick_run["page"]
-    assert "(as expected: one API\ncall, one HEAD, no GET)" in page
+    assert "one `results-url` call, one HEAD and no GET, as expected" in page
     assert "- Storage requests: HEAD 1\n" in page
+    assert "/results-url`" in page
 
 
 def test_hand_written_section_kept(quick_run: dict) -> None:

@@ -36,9 +36,9 @@ from faults_support import (
 from fsspec.implementations.memory import MemoryFile
 
 from dagster_sutro import SutroResource, SutroResultsConfig, build_sutro_results_asset
-from dagster_sutro.errors import ArtifactChangedError, DestinationError
+from dagster_sutro.errors import ArtifactChangedError, DestinationError, InvalidInputError
 from dagster_sutro.testing import SutroEmulator
-from dagster_sutro.transfer import download_artifact
+from dagster_sutro.transfer import download_artifact, resolve_destination
 
 TMPFS_SIZE_BYTES = 8 * MIB
 
@@ -72,14 +72,37 @@ def test_destination_under_file_fails_early(emulator: SutroEmulator, tmp_path: P
     urls = ResultsUrls(emulator, emulator.add_job(target_size_bytes=2 * MIB))
     blocker = tmp_path / "results.txt"
     earlier = write_earlier_file(blocker)
+    emulator.clear_requests()
 
-    with pytest.raises(DestinationError) as raised:
+    with pytest.raises(InvalidInputError) as raised:
         download_artifact(urls, f"{blocker}/sutro/", settings=fast_settings())
 
     message = str(raised.value)
-    assert f"file://{blocker}/sutro/{urls.filename}" in message
+    assert f"{blocker}/sutro/" in message
     assert f"{blocker} is a file, not a directory" in message
     assert blocker.read_bytes() == earlier
+    assert urls.calls == 0
+    assert emulator.requests == []
+
+
+def test_destination_turned_into_file_fails_before_get(
+    emulator: SutroEmulator, tmp_path: Path
+) -> None:
+    urls = ResultsUrls(emulator, emulator.add_job(target_size_bytes=2 * MIB))
+    directory = tmp_path / "results"
+    directory.mkdir()
+    destination = resolve_destination(f"{directory}/sutro/")
+    # The directory becomes a file after the destination was checked.
+    directory.rmdir()
+    earlier = write_earlier_file(directory)
+
+    with pytest.raises(DestinationError) as raised:
+        download_artifact(urls, destination, settings=fast_settings())
+
+    message = str(raised.value)
+    assert f"file://{directory}/sutro/{urls.filename}" in message
+    assert f"{directory} is a file, not a directory" in message
+    assert directory.read_bytes() == earlier
     assert storage_gets(emulator) == []
 
 
@@ -90,6 +113,7 @@ def test_destination_under_file_fails_run(
     blocker = tmp_path / "results.txt"
     earlier = write_earlier_file(blocker)
     asset = build_sutro_results_asset(destination=f"{blocker}/sutro/")
+    emulator.clear_requests()
 
     result = dg.materialize(
         [asset],
@@ -102,10 +126,10 @@ def test_destination_under_file_fails_run(
     assert not result.success
     error = result.get_step_failure_events()[0].step_failure_data.error
     assert error is not None
-    assert f"Download of Sutro job {job_id} failed" in error.message
+    assert f"{blocker}/sutro/" in error.message
     assert "is a file, not a directory" in error.message
     assert blocker.read_bytes() == earlier
-    assert storage_gets(emulator) == []
+    assert emulator.requests == []
 
 
 def test_read_only_filesystem_keeps_earlier_file(

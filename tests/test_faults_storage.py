@@ -376,7 +376,7 @@ def test_no_amz_headers_sent_to_storage(emulator: SutroEmulator, out: Path) -> N
     assert "headers present in the request which were not signed" in unsigned.text
 
 
-def test_one_head_one_get_per_part(emulator: SutroEmulator, out: Path) -> None:
+def test_retries_add_only_their_gets(emulator: SutroEmulator, out: Path) -> None:
     urls = ResultsUrls(emulator, emulator.add_job(target_size_bytes=5 * MIB))
     emulator.faults.status_sequence([503], method="GET")
     emulator.faults.reset_connection(MIB // 4, times=1)
