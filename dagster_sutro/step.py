@@ -201,6 +201,7 @@ def run_results_step(
             job_id=request.job_id,
             num_rows=existing.num_rows,
             schema=existing.schema,
+            compare_with_job=False,
         )
         return
 

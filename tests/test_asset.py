@@ -98,6 +98,7 @@ def test_unchanged_etag_skips_without_get(
     job_id = emulator.add_job(num_rows=50)
     assert _materialize(asset, sutro, instance, job_id=job_id).success
     gets_after_first = _storage_gets(emulator)
+    api_calls_after_first = len(emulator.api_requests)
     heads_after_first = sum(1 for r in emulator.storage_requests if r.method == "HEAD")
 
     second = _materialize(asset, sutro, instance, job_id=job_id)
@@ -105,6 +106,8 @@ def test_unchanged_etag_skips_without_get(
     assert second.success
     assert second.asset_materializations_for_node(asset.node_def.name) == []
     assert _storage_gets(emulator) == gets_after_first
+    second_run_api_paths = [r.path for r in emulator.api_requests[api_calls_after_first:]]
+    assert second_run_api_paths == [f"/v1/jobs/{job_id}/results-url"]
     heads = sum(1 for r in emulator.storage_requests if r.method == "HEAD")
     assert heads == heads_after_first + 1
     observations = [

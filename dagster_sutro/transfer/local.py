@@ -246,6 +246,11 @@ class LocalTarget:
         # Workers report progress from their threads, and the main thread records
         # finished parts, so the state and its file are guarded by one lock.
         self._lock = threading.Lock()
+        # Serializes state file writes, which happen outside ``_lock`` so that the workers'
+        # per-chunk progress updates never wait for a file write.
+        self._write_lock = threading.Lock()
+        self._snapshot_sequence = 0
+        self._written_sequence = 0
         self._unrecorded_bytes = 0
 
     @property
@@ -362,19 +367,35 @@ class LocalTarget:
         with self._lock:
             self.state.finished_parts.add(index)
             self.state.partial_parts.pop(index, None)
-            if self._state_enabled:
-                self._write_state()
-                self._unrecorded_bytes = 0
+            snapshot = self._take_snapshot() if self._state_enabled else None
+        if snapshot is not None:
+            self._write_snapshot(*snapshot)
 
     def _note_progress(self, index: int, written: int) -> None:
         """Record how far a part got, rewriting the state file every ``part_size`` bytes."""
+        snapshot = None
         with self._lock:
             previous = self.state.partial_parts.get(index, 0)
             self.state.partial_parts[index] = written
             self._unrecorded_bytes += max(0, written - previous)
             if self._state_enabled and self._unrecorded_bytes >= self.state.part_size:
-                self._write_state()
-                self._unrecorded_bytes = 0
+                snapshot = self._take_snapshot()
+        if snapshot is not None:
+            self._write_snapshot(*snapshot)
+
+    def _take_snapshot(self) -> tuple[int, str]:
+        """Serialize the state; the caller holds ``_lock``."""
+        self._unrecorded_bytes = 0
+        self._snapshot_sequence += 1
+        return self._snapshot_sequence, self.state.to_json()
+
+    def _write_snapshot(self, sequence: int, text: str) -> None:
+        """Write a snapshot unless a newer one is already on disk."""
+        with self._write_lock:
+            if sequence <= self._written_sequence or not self._state_enabled:
+                return
+            self._write_state(text)
+            self._written_sequence = sequence
 
     def begin_single_stream(self) -> None:
         """Stop recording parts, for a download that restarts from byte 0 after any break.
@@ -382,7 +403,7 @@ class LocalTarget:
         The state file is removed, because the single stream rewrites every byte and a
         state file kept from the ranged download would outlive the bytes it describes.
         """
-        with self._lock:
+        with self._lock, self._write_lock:
             self._state_enabled = False
             self.state.finished_parts.clear()
             self.state.partial_parts.clear()
@@ -439,20 +460,22 @@ class LocalTarget:
             _remove_quietly(self.partial_path)
             _remove_quietly(self.state_path)
         elif self._state_enabled:
-            with self._lock, contextlib.suppress(DestinationError):
+            with self._lock, self._write_lock, contextlib.suppress(DestinationError):
                 self._write_state()
         self._close()
 
-    def _write_state(self) -> None:
+    def _write_state(self, text: str | None = None) -> None:
         # Neither file is fsynced here. The state survives a killed process, because the page
         # cache keeps both files, and the boot id in it voids it after a power loss.
+        if text is None:
+            text = self.state.to_json()
         temporary = self.state_path + ".tmp"
         failure: DestinationError | None = None
         try:
             _remove_symlink(temporary)
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
             with os.fdopen(os.open(temporary, flags, 0o666), "w", encoding="utf-8") as state_file:
-                state_file.write(self.state.to_json())
+                state_file.write(text)
             os.replace(temporary, self.state_path)
         except OSError as error:
             failure = DestinationError(
