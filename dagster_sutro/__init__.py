@@ -6,6 +6,7 @@ assets that download the results artifact when its ETag changes, and a local emu
 """
 
 from dagster_sutro.assets import (
+    SutroFetchConfig as SutroFetchConfig,
     SutroResultsConfig as SutroResultsConfig,
     build_sutro_results_asset as build_sutro_results_asset,
     sutro_results as sutro_results,

@@ -20,16 +20,9 @@ DEFAULT_DESTINATION = "sutro_results/"
 DEFAULT_RESOURCE_KEY = "sutro"
 
 
-class SutroResultsConfig(dg.Config):
-    """Run config of a results asset: which job to fetch and how."""
+class SutroFetchConfig(dg.Config):
+    """Run config shared by the results assets: which artifact to fetch, and whether to force."""
 
-    job_id: str = Field(description="Id of the Sutro job whose results to fetch.")
-    destination: str | None = Field(
-        default=None,
-        description="fsspec URL or local path to write the results to. A value ending in '/' "
-        "is a directory that receives the artifact's own file name. Defaults to the "
-        "destination set on the asset definition.",
-    )
     include_inputs: bool = Field(
         default=False, description="Add the job's input column(s) to the results."
     )
@@ -46,6 +39,18 @@ class SutroResultsConfig(dg.Config):
     force: bool = Field(
         default=False,
         description="Download and materialize even when the artifact's ETag is unchanged.",
+    )
+
+
+class SutroResultsConfig(SutroFetchConfig):
+    """Run config of a results asset: which job to fetch and how."""
+
+    job_id: str = Field(description="Id of the Sutro job whose results to fetch.")
+    destination: str | None = Field(
+        default=None,
+        description="fsspec URL or local path to write the results to. A value ending in '/' "
+        "is a directory that receives the artifact's own file name. Defaults to the "
+        "destination set on the asset definition.",
     )
 
 

@@ -15,15 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from dagster_sutro import metadata as md
-from dagster_sutro.assets import DEFAULT_RESOURCE_KEY
+from dagster_sutro.assets import DEFAULT_RESOURCE_KEY, SutroFetchConfig
 from dagster_sutro.automation import DEFAULT_AUTOMATION_RETRY_POLICY
 from dagster_sutro.client import (
-    DEFAULT_EXPIRES_IN_SECONDS,
-    MAX_EXPIRES_IN_SECONDS,
-    MIN_EXPIRES_IN_SECONDS,
     SutroClient,
     validate_job_id,
 )
@@ -48,26 +44,8 @@ LOGGED_JOB_IDS = 10
 FINISHED_WITHOUT_RESULTS_STATES = frozenset({"FAILED", "CANCELLED"})
 
 
-class SutroPartitionedResultsConfig(dg.Config):
+class SutroPartitionedResultsConfig(SutroFetchConfig):
     """Run config of the partitioned results asset. The partition key names the job."""
-
-    include_inputs: bool = Field(
-        default=False, description="Add the job's input column(s) to the results."
-    )
-    include_cumulative_logprobs: bool = Field(
-        default=False, description="Add a cumulative_logprobs column to the results."
-    )
-    expires_in_seconds: int = Field(
-        default=DEFAULT_EXPIRES_IN_SECONDS,
-        ge=MIN_EXPIRES_IN_SECONDS,
-        le=MAX_EXPIRES_IN_SECONDS,
-        description="Lifetime of the presigned URLs to request, 1 to 604800 seconds. Expired "
-        "URLs are refreshed during long downloads.",
-    )
-    force: bool = Field(
-        default=False,
-        description="Download and materialize even when the artifact's ETag is unchanged.",
-    )
 
 
 def build_sutro_partitioned_results_asset(
