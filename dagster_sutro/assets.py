@@ -74,7 +74,7 @@ def build_sutro_results_asset(
 
     Each run calls ``results-url`` and HEADs the artifact. When the most recent materialization
     for the same job, include flags and destination recorded the same ETag, and the destination
-    still holds a file of the recorded size, the run downloads nothing and records no
+    still contains a file of the recorded size, the run downloads nothing and records no
     materialization. Otherwise it downloads the artifact and materializes it with the ETag as
     its data version.
 

@@ -3,7 +3,7 @@
 The client knows the endpoints this package uses (``results-url``, ``job-status``, ``jobs``,
 ``list-jobs`` and ``try-authentication``), validates its inputs before any request, retries the
 responses that mean "try again", and turns every other error into a :class:`SutroError` whose
-text holds no credential. It imports nothing from Dagster, so it works the same in assets,
+text contains no credential. It imports nothing from Dagster, so it works the same in assets,
 sensors, tests and plain scripts.
 """
 
@@ -539,7 +539,7 @@ class SutroClient:
         if status in (401, 403):
             raise SutroAuthenticationError(
                 f"Sutro API rejected the API key with {status} on {endpoint}: {detail}. Check "
-                f"that SUTRO_API_KEY holds a valid key for this deployment{suffix}.",
+                f"that SUTRO_API_KEY contains a valid key for this deployment{suffix}.",
                 status_code=status,
                 detail=detail,
                 request_id=request_id,

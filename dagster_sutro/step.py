@@ -29,7 +29,7 @@ PREVIOUS_MATERIALIZATIONS_SEARCHED = 50
 
 @dataclass(frozen=True)
 class ResultsRequest:
-    """What one run of a results asset fetches and where it writes it."""
+    """The job, include flags and destination of one run of a results asset."""
 
     job_id: str
     destination: str
@@ -119,7 +119,7 @@ def run_results_step(
     *,
     preview_rows: int = 5,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Fetch a job's results artifact unless the destination already holds this version.
+    """Fetch a job's results artifact unless the destination already contains this version.
 
     Args:
         context: The asset's execution context.
@@ -319,8 +319,8 @@ def find_previous_materialization(
     """Find the most recent materialization of this asset that wrote ``uri``.
 
     The job id and both include flags are part of the artifact's file name, so a materialization
-    that wrote the same URI was for the same job and flags, unless the destination names a
-    file; then the job id and flags recorded with it are compared as well.
+    that wrote the same URI was for the same job and flags. A destination that names a file can
+    receive other jobs too, so the caller compares the recorded job id and flags as well.
 
     Args:
         context: The asset's execution context.

@@ -145,14 +145,14 @@ def resolve_destination(
             f"storage_options must be a dict of fsspec filesystem options, got "
             f"{type(storage_options).__name__}."
         )
-    shown = redact_text(destination)
+    display_value = redact_text(destination)
     options = dict(storage_options or {})
     protocol, _ = fsspec.core.split_protocol(destination)
     if protocol in S3_PROTOCOLS:
         options["fixed_upload_size"] = True
     if protocol in READ_ONLY_PROTOCOLS:
         raise InvalidInputError(
-            f"The destination {shown!r} is an HTTP URL, which fsspec cannot write. Use a "
+            f"The destination {display_value!r} is an HTTP URL, which fsspec cannot write. Use a "
             "local path or a writable filesystem such as s3://."
         )
 
@@ -161,12 +161,12 @@ def resolve_destination(
         fs, path = fsspec.core.url_to_fs(destination, **options)
     except ImportError as error:
         failure = InvalidInputError(
-            f"The destination {shown!r} needs an fsspec implementation that is not "
+            f"The destination {display_value!r} needs an fsspec implementation that is not "
             f"installed ({redact_text(str(error))}). Install it, or use another destination."
         )
     except (ValueError, TypeError, OSError) as error:
         failure = InvalidInputError(
-            f"The destination {shown!r} could not be resolved by fsspec "
+            f"The destination {display_value!r} could not be resolved by fsspec "
             f"({type(error).__name__}: {redact_text(str(error))}). Pass a local path or an "
             "fsspec URL with a known protocol, such as s3://bucket/prefix/."
         )
@@ -179,30 +179,30 @@ def resolve_destination(
         is_directory = True
     if not path.strip("/") and not is_directory:
         raise InvalidInputError(
-            f"The destination {shown!r} names no file. End it with '/' to write the artifact "
-            "under its own file name."
+            f"The destination {display_value!r} names no file. End it with '/' to write the "
+            "artifact under its own file name."
         )
     if protocol in S3_PROTOCOLS and (not path.strip("/") or path.startswith("/")):
         raise InvalidInputError(
-            f"The destination {shown!r} names no bucket. Pass s3://<bucket>/<prefix>/."
+            f"The destination {display_value!r} names no bucket. Pass s3://<bucket>/<prefix>/."
         )
     resolved = Destination(fs=fs, path=path, is_directory=is_directory, original=destination)
     if resolved.is_local:
-        _check_local_destination(resolved, shown)
+        _check_local_destination(resolved, display_value)
     return resolved
 
 
-def _check_local_destination(destination: Destination, shown: str) -> None:
+def _check_local_destination(destination: Destination, display_value: str) -> None:
     """Reject local destinations that cannot be written, before any request is sent."""
     if destination.original.strip() in ("file://", "file:"):
         raise InvalidInputError(
-            f"The destination {shown!r} names no directory. Pass a path such as "
+            f"The destination {display_value!r} names no directory. Pass a path such as "
             "'file:///data/sutro/' or '/data/sutro/'."
         )
     if not destination.is_directory and os.path.isdir(destination.path):
         raise InvalidInputError(
-            f"The destination {shown!r} is an existing directory. End it with '/' to write the "
-            "artifact under its own file name inside it."
+            f"The destination {display_value!r} is an existing directory. End it with '/' to "
+            "write the artifact under its own file name inside it."
         )
     directory = destination.path if destination.is_directory else os.path.dirname(destination.path)
     ancestor = directory
@@ -213,7 +213,7 @@ def _check_local_destination(destination: Destination, shown: str) -> None:
         ancestor = parent
     if ancestor and os.path.lexists(ancestor) and not os.path.isdir(ancestor):
         raise InvalidInputError(
-            f"The destination {shown!r} cannot be created: {ancestor} is a file, not a "
+            f"The destination {display_value!r} cannot be created: {ancestor} is a file, not a "
             "directory. Choose a path whose parent folders are directories."
         )
 

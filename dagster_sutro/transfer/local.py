@@ -308,7 +308,7 @@ class LocalTarget:
             target = cls(path=path, uri=uri, fd=fd, state=expected, relay=relay)
             target._resume_or_start(expected)
         except BaseException:
-            # Only a fresh start can fail here, so the partial file holds nothing to resume.
+            # Only a fresh start can fail here, so the partial file contains nothing to resume.
             _remove_quietly(partial_path)
             _remove_quietly(path + STATE_SUFFIX)
             os.close(fd)
@@ -384,7 +384,7 @@ class LocalTarget:
             self._write_snapshot(*snapshot)
 
     def _take_snapshot(self) -> tuple[int, str]:
-        """Serialize the state; the caller holds ``_lock``."""
+        """Serialize the state. The caller must have acquired ``_lock``."""
         self._unrecorded_bytes = 0
         self._snapshot_sequence += 1
         return self._snapshot_sequence, self.state.to_json()
