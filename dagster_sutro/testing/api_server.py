@@ -82,24 +82,6 @@ class ApiRequestHandler(EmulatorRequestHandler):
 
     server_name = "api"
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_HEAD(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
-
     @property
     def state(self) -> EmulatorState:
         """The emulator state this server serves."""

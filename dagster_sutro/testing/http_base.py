@@ -99,7 +99,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
 class EmulatorRequestHandler(BaseHTTPRequestHandler):
     """Base handler: HTTP/1.1 keep-alive, request recording, quiet logs.
 
-    Subclasses set ``server_name`` and implement ``do_GET`` and friends.
+    Subclasses set ``server_name`` and implement ``_handle``, which serves every method.
     """
 
     protocol_version = "HTTP/1.1"
@@ -113,6 +113,28 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        """Serve one request of any method."""
+        raise NotImplementedError
 
     def finish(self) -> None:
         try:

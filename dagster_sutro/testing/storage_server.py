@@ -65,21 +65,6 @@ class StorageRequestHandler(EmulatorRequestHandler):
         super().setup()
         self._next_send_time = 0.0
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_HEAD(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
     @property
     def state(self) -> EmulatorState:
         """The emulator state this server serves."""
