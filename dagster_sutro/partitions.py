@@ -614,10 +614,10 @@ def _log_outcome(context: dg.SensorEvaluationContext, outcome: ScanOutcome) -> N
 
 
 def _ids(values: Sequence[str]) -> str:
-    shown = ", ".join(values[:LOGGED_JOB_IDS])
+    listed = ", ".join(values[:LOGGED_JOB_IDS])
     if len(values) > LOGGED_JOB_IDS:
-        shown += f" and {len(values) - LOGGED_JOB_IDS} more"
-    return shown
+        listed += f" and {len(values) - LOGGED_JOB_IDS} more"
+    return listed
 
 
 def _job_id(job: Mapping[str, Any]) -> str | None:

@@ -1,7 +1,7 @@
 """A sensor that requests runs of the config-driven results asset when an artifact changes.
 
 The sensor never downloads. Each tick it calls ``results-url`` for fresh presigned URLs and
-HEADs the artifact of each job it follows, compares the ETag with the one recorded by the
+HEADs the artifact of each job it follows. It compares the ETag with the one recorded by the
 asset's last materialization for that job, and requests a run only for jobs whose ETag differs.
 """
 
@@ -231,11 +231,11 @@ def build_sutro_results_sensor(
     that this sensor requested for a job is still queued or running, no second run is
     requested for that job.
 
-    With ``job_ids=None`` the sensor discovers jobs itself: it pages ``list-jobs`` newest first
-    until it reaches jobs seen on an earlier tick, follows each new SUCCEEDED job until its
+    With ``job_ids=None`` the sensor discovers jobs itself. It pages ``list-jobs`` newest first
+    until it reaches jobs seen on an earlier tick. It follows each new SUCCEEDED job until its
     current artifact is materialized, keeps checking jobs that have not finished, and ignores
     FAILED and CANCELLED ones. It does not notice a replaced artifact of a job that it has
-    already materialized; list the job ids to follow replaced artifacts.
+    already materialized, so list the job ids to follow replaced artifacts.
 
     Dagster launches at most one run per run key. The run key is
     ``<job_id>:<etag>:<epoch>.<n>``, where ``epoch`` is the Unix time when the cursor was

@@ -183,3 +183,20 @@ def register_filesystem(filesystem_class: type[MemoryFileSystem]) -> fsspec.Abst
     protocol = str(filesystem_class.protocol)
     fsspec.register_implementation(protocol, filesystem_class, clobber=True)
     return fsspec.filesystem(protocol)
+
+
+def bytes_matching_per_part(partial: bytes, source: bytes, part_size: int) -> int:
+    """Count, part by part, the leading bytes of a partial file that equal the source."""
+    total = 0
+    step = 64 * 1024
+    for start in range(0, len(source), part_size):
+        end = min(start + part_size, len(source))
+        offset = start
+        while (
+            offset < end
+            and partial[offset : min(offset + step, end)]
+            == source[offset : min(offset + step, end)]
+        ):
+            offset = min(offset + step, end)
+        total += offset - start
+    return total

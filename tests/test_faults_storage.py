@@ -469,7 +469,7 @@ def test_parallel_parts_never_mix_versions(emulator: SutroEmulator, out: Path) -
     result = download_artifact(urls, f"{out}/", settings=fast_settings(max_concurrency=3))
 
     # Responses that started before the replacement finish with the old bytes, so either
-    # version may win; the published file is wholly the version the result names.
+    # version may win. The published file must be wholly the version the result names.
     published = _published(out, urls).read_bytes()
     if result.etag == old_etag:
         assert sha256_of(published) == sha256_of(old_source)
@@ -620,7 +620,7 @@ def test_urls_that_keep_expiring_fail(
     )
     earlier = write_earlier_file(_published(out, urls))
     emulator.faults.url_lifetime(2, style=style, r2_status=status)  # type: ignore[arg-type]
-    # No refresh ahead of expiry, so that every refresh answers a rejected request.
+    # No refresh ahead of expiry, so that every refresh follows a rejected request.
     settings = fast_settings(max_concurrency=1, max_url_refreshes=3, refresh_margin_seconds=0.0)
     first = urls()
     head = head_artifact(first, settings=settings)

@@ -24,6 +24,7 @@ import pytest
 from faults_support import (
     MIB,
     ResultsUrls,
+    bytes_matching_per_part,
     fast_settings,
     range_start,
     sha256_of,
@@ -89,23 +90,6 @@ def _read_state(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state
-
-
-def _matching_prefix_bytes(partial: bytes, source: bytes) -> int:
-    """Count, part by part, the leading bytes of the partial file that equal the source."""
-    total = 0
-    step = 64 * 1024
-    for start in range(0, len(source), PART_SIZE_BYTES):
-        end = min(start + PART_SIZE_BYTES, len(source))
-        offset = start
-        while (
-            offset < end
-            and partial[offset : min(offset + step, end)]
-            == source[offset : min(offset + step, end)]
-        ):
-            offset = min(offset + step, end)
-        total += offset - start
-    return total
 
 
 class KilledRun:
@@ -224,7 +208,7 @@ def test_killed_asset_run_resumes_missing_bytes(
     assert emulator.api_key not in state_text
     for request in emulator.storage_requests:
         assert request.query["X-Amz-Signature"] not in state_text
-    written = _matching_prefix_bytes(killed.partial, source)
+    written = bytes_matching_per_part(killed.partial, source, PART_SIZE_BYTES)
     recorded = _recorded_bytes(killed.state, size)
     assert recorded >= size // 2
     assert written >= recorded

@@ -29,6 +29,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from faults_support import bytes_matching_per_part
 
 from dagster_sutro.errors import (
     ArtifactChangedError,
@@ -1248,7 +1249,7 @@ def test_killed_download_loses_under_one_part(tmp_path: Path):
         child.wait()
         assert child.returncode == -signal.SIGKILL
         assert not destination.exists()
-        on_disk = _bytes_written_per_part(
+        on_disk = bytes_matching_per_part(
             (tmp_path / "a.parquet.sutro-partial").read_bytes(), data, part
         )
 
@@ -1267,23 +1268,6 @@ def test_killed_download_loses_under_one_part(tmp_path: Path):
     # Of the bytes the killed process had written, only those after its last state write
     # (less than one part) are fetched again.
     assert result.resumed_bytes > on_disk - part
-
-
-def _bytes_written_per_part(partial: bytes, source: bytes, part: int) -> int:
-    """Count, part by part, the leading bytes of the partial file that match the source."""
-    total = 0
-    step = 64 * 1024
-    for start in range(0, len(source), part):
-        end = min(start + part, len(source))
-        offset = start
-        while (
-            offset < end
-            and partial[offset : min(offset + step, end)]
-            == source[offset : min(offset + step, end)]
-        ):
-            offset = min(offset + step, end)
-        total += offset - start
-    return total
 
 
 def test_head_403_refreshes_urls_once(server: ObjectServer, tmp_path: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import importlib.util
 import json
 import os
 import queue
@@ -48,25 +49,20 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 
-LAUNCH_RUN = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on Error { message }
-  }
-}
-"""
 
-REPOSITORIES = """
-query Repositories {
-  repositoriesOrError {
-    __typename
-    ... on RepositoryConnection { nodes { name location { name } } }
-  }
-}
-"""
+def _load_ui_module() -> Any:
+    """Import ``example_project/ui.py``, which is a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location("sutro_example_ui", UI_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The same GraphQL documents that `make ui` sends, so the test launches runs exactly as it does.
+_UI = _load_ui_module()
+LAUNCH_RUN = _UI.LAUNCH_RUN_MUTATION
+REPOSITORIES = _UI.LOCATIONS_QUERY
 
 RUN_STATUS = """
 query RunStatus($runId: ID!) {

@@ -246,8 +246,8 @@ class LocalTarget:
         # Workers report progress from their threads, and the main thread records
         # finished parts, so the state and its file are guarded by one lock.
         self._lock = threading.Lock()
-        # Serializes state file writes, which happen outside ``_lock`` so that the workers'
-        # per-chunk progress updates never wait for a file write.
+        # Serializes state file writes. They happen outside ``_lock``, so a worker's per-chunk
+        # progress update does not wait while another worker writes the file.
         self._write_lock = threading.Lock()
         self._snapshot_sequence = 0
         self._written_sequence = 0
